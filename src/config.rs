@@ -1,0 +1,320 @@
+//! Run configuration: the presets of the paper, TOML files over them, validation.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How the output is nudged in the second phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nudging {
+    /// One nudged phase with beta's sign drawn at random each mini-batch (the paper).
+    RandomSign,
+    /// One nudged phase with +beta.
+    Positive,
+    /// Two nudged phases, +beta and -beta, contrasted with each other
+    /// (Laborieux et al. 2021): the estimate's bias falls from O(beta) to O(beta^2).
+    Symmetric,
+}
+
+/// Everything that determines a run. `config.toml` in a run directory holds it in full.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The preset this configuration started from.
+    pub preset: String,
+    /// Layer sizes, input first, output (10 classes) last.
+    pub layers: Vec<usize>,
+    /// Synchronous steps of the free phase (also used for evaluation).
+    pub free_steps: usize,
+    /// Steps of the nudged phase.
+    pub nudged_steps: usize,
+    /// Step size of the dynamics.
+    pub epsilon: f32,
+    /// Nudging strength.
+    pub beta: f32,
+    /// One learning rate per weight matrix W_k (the bias of layer k+1 shares it).
+    pub learning_rates: Vec<f32>,
+    pub nudging: Nudging,
+    /// Each training example keeps its free-phase state between epochs.
+    pub persistent_particles: bool,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Shuffle the training examples each epoch (the paper's code does not).
+    pub shuffle: bool,
+    /// Worker threads; results are bit-identical for the same thread count.
+    pub threads: usize,
+    /// Rows per thread when evaluating (no learning, so larger blocks are faster).
+    pub eval_block: usize,
+    /// Use only the first N training examples (0 = all).
+    pub limit: usize,
+    /// Use only the first N validation and test examples (0 = all).
+    pub eval_limit: usize,
+    /// Directory with the four IDX files ("" = the MNIST that ships in data/mnist).
+    pub data: String,
+}
+
+/// Names of the presets, in the order `plasticity presets` lists them.
+pub const PRESETS: [&str; 3] = ["eqprop-mnist-1h", "eqprop-mnist-2h", "eqprop-mnist-3h"];
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The paper's hyperparameters (Scellier & Bengio 2017, Table 2).
+pub fn preset(name: &str) -> Result<Config> {
+    let base = |layers: Vec<usize>, free, nudged, rates: Vec<f32>, epochs| Config {
+        preset: name.to_string(),
+        layers,
+        free_steps: free,
+        nudged_steps: nudged,
+        epsilon: 0.5,
+        beta: 1.0,
+        learning_rates: rates,
+        nudging: Nudging::RandomSign,
+        persistent_particles: true,
+        epochs,
+        batch_size: 20,
+        seed: 1,
+        shuffle: false,
+        threads: default_threads(),
+        eval_block: 250,
+        limit: 0,
+        eval_limit: 0,
+        data: String::new(),
+    };
+    match name {
+        "eqprop-mnist-1h" => Ok(base(vec![784, 500, 10], 20, 4, vec![0.1, 0.05], 25)),
+        "eqprop-mnist-2h" => Ok(base(
+            vec![784, 500, 500, 10],
+            100,
+            6,
+            vec![0.4, 0.1, 0.01],
+            60,
+        )),
+        "eqprop-mnist-3h" => Ok(base(
+            vec![784, 500, 500, 500, 10],
+            500,
+            8,
+            vec![0.128, 0.032, 0.008, 0.002],
+            500,
+        )),
+        _ => Err(Error::Config(format!(
+            "unknown preset `{name}`; known presets: {} (see `plasticity presets`)",
+            PRESETS.join(", ")
+        ))),
+    }
+}
+
+impl Config {
+    /// Loads a TOML file over a preset: the file's `preset` key (or `preset_name`
+    /// when given) picks the base, then every other key overrides it.
+    pub fn from_file(path: &Path, preset_name: Option<&str>) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io("cannot read config file", path, e))?;
+        let file: toml::Table = toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "config file {} is not valid TOML: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        let name = match (preset_name, file.get("preset")) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(toml::Value::String(s))) => s.clone(),
+            (None, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "config key `preset` in {} must be a string",
+                    path.display()
+                )));
+            }
+            (None, None) => PRESETS[0].to_string(),
+        };
+        let base = preset(&name)?;
+        base.overlay(&file, &path.display().to_string())
+    }
+
+    /// Overrides this config's values with `table`'s, checking each key and type.
+    pub fn overlay(&self, table: &toml::Table, source: &str) -> Result<Config> {
+        let mut merged = toml::Table::try_from(self).expect("config serializes");
+        for (key, value) in table {
+            if key == "preset" {
+                continue;
+            }
+            let Some(slot) = merged.get_mut(key) else {
+                let known: Vec<&String> = merged.keys().collect();
+                return Err(Error::Config(format!(
+                    "unknown config key `{key}` in {source}; known keys: {}",
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            *slot = coerce(slot, value).ok_or_else(|| {
+                Error::Config(format!(
+                    "config key `{key}` in {source} must be {}, found {}",
+                    describe(slot),
+                    describe(value)
+                ))
+            })?;
+        }
+        let cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                Error::Config(format!("config in {source}: {}", e.message()))
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.layers.len() < 2 || self.layers.contains(&0) {
+            return bad(format!(
+                "layers = {:?}: need an input and an output size, all positive",
+                self.layers
+            ));
+        }
+        if *self.layers.last().unwrap() != crate::data::CLASSES {
+            return bad(format!(
+                "layers = {:?}: the output layer must have {} units, one per class",
+                self.layers,
+                crate::data::CLASSES
+            ));
+        }
+        if self.learning_rates.len() != self.layers.len() - 1 {
+            return bad(format!(
+                "learning_rates has {} entries but layers {:?} has {} weight matrices; give one rate per matrix",
+                self.learning_rates.len(),
+                self.layers,
+                self.layers.len() - 1
+            ));
+        }
+        if !(self.epsilon > 0.0 && self.epsilon <= 1.0) {
+            return bad(format!("epsilon = {} must be in (0, 1]", self.epsilon));
+        }
+        if !self.beta.is_finite() || self.beta == 0.0 {
+            return bad(format!("beta = {} must be finite and non-zero", self.beta));
+        }
+        if self.learning_rates.iter().any(|r| !r.is_finite()) {
+            return bad("learning_rates must be finite".into());
+        }
+        for (name, v) in [
+            ("batch_size", self.batch_size),
+            ("threads", self.threads),
+            ("eval_block", self.eval_block),
+            ("free_steps", self.free_steps),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.threads > 256 {
+            return bad(format!("threads = {} is more than 256", self.threads));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+}
+
+/// `value` converted to `slot`'s type, where that is lossless (integer to float).
+fn coerce(slot: &toml::Value, value: &toml::Value) -> Option<toml::Value> {
+    use toml::Value as V;
+    match (slot, value) {
+        (V::Float(_), V::Integer(i)) => Some(V::Float(*i as f64)),
+        (V::Integer(_), V::Integer(i)) if *i < 0 => None,
+        (V::Array(s), V::Array(v)) => {
+            let proto = s.first()?;
+            v.iter()
+                .map(|x| coerce(proto, x))
+                .collect::<Option<Vec<_>>>()
+                .map(V::Array)
+        }
+        (a, b) if std::mem::discriminant(a) == std::mem::discriminant(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+fn describe(v: &toml::Value) -> String {
+    use toml::Value as V;
+    match v {
+        V::String(_) => "a string".into(),
+        V::Integer(i) if *i < 0 => "a negative integer".into(),
+        V::Integer(_) => "a non-negative integer".into(),
+        V::Float(_) => "a number".into(),
+        V::Boolean(_) => "true or false".into(),
+        V::Array(a) => match a.first() {
+            Some(x) => format!("a list of {}s", describe(x).trim_start_matches("a ")),
+            None => "a list".into(),
+        },
+        V::Datetime(_) => "a date".into(),
+        V::Table(_) => "a table".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_follow_the_paper() {
+        let p = preset("eqprop-mnist-2h").unwrap();
+        assert_eq!(p.layers, vec![784, 500, 500, 10]);
+        assert_eq!((p.free_steps, p.nudged_steps, p.epochs), (100, 6, 60));
+        assert_eq!(p.learning_rates, vec![0.4, 0.1, 0.01]);
+        for name in PRESETS {
+            preset(name).unwrap().validate().unwrap();
+        }
+        assert!(
+            preset("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown preset")
+        );
+    }
+
+    #[test]
+    fn overlay_checks_keys_and_types() {
+        let base = preset("eqprop-mnist-1h").unwrap();
+        let t: toml::Table = toml::from_str(
+            "beta = 2\nepochs = 3\nlearning_rates = [1, 0.5]\nnudging = \"symmetric\"",
+        )
+        .unwrap();
+        let c = base.overlay(&t, "t").unwrap();
+        assert_eq!((c.beta, c.epochs, c.nudging), (2.0, 3, Nudging::Symmetric));
+        assert_eq!(c.learning_rates, vec![1.0, 0.5]);
+        let t: toml::Table = toml::from_str("betta = 2").unwrap();
+        assert!(
+            base.overlay(&t, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown config key `betta`")
+        );
+        let t: toml::Table = toml::from_str("epochs = \"ten\"").unwrap();
+        let e = base.overlay(&t, "t").unwrap_err().to_string();
+        assert!(
+            e.contains("`epochs`") && e.contains("must be a non-negative integer"),
+            "{e}"
+        );
+        let t: toml::Table = toml::from_str("nudging = \"sideways\"").unwrap();
+        assert!(base.overlay(&t, "t").is_err());
+        let t: toml::Table = toml::from_str("learning_rates = [0.1]").unwrap();
+        assert!(
+            base.overlay(&t, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("one rate per matrix")
+        );
+        let back: Config = toml::from_str(&base.to_toml()).unwrap();
+        assert_eq!(back, base);
+    }
+}

@@ -1,0 +1,234 @@
+//! Relaxation: projected gradient descent on F = E + beta C, all layers at once.
+//!
+//! With states kept in [0, 1] (rho(s) = s, rho'(s) = 1 on the closed interval,
+//! as the paper's code differentiates clip), one step of layer k is
+//!   s_k <- clip((1 - eps) s_k + eps drive_k, 0, 1),
+//!   drive_k = s_{k-1} W_{k-1} + s_{k+1} W_k^T + b_k  (+ beta (d - s_k) at the output).
+//! Every drive is computed from the previous state before any layer moves
+//! (synchronous updates, as in the paper). The input term x W_0 + b_1 is
+//! constant while x is clamped, so it is computed once per batch.
+
+use super::network::Network;
+use crate::tensor::{Matrix, Op, gemm, kernels};
+
+/// Working memory for a block of examples (one thread's share of a batch).
+/// Matrices have room for `cap` rows; the first `rows` are in use.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub cap: usize,
+    pub rows: usize,
+    /// Clamped input, `cap x n_0`.
+    pub x: Matrix,
+    /// x W_0 + b_1, `cap x n_1`.
+    pub input_drive: Matrix,
+    /// One-hot targets, `cap x n_{L+1}`.
+    pub target: Matrix,
+    pub labels: Vec<u8>,
+    /// Free-phase states: `free[k - 1]` is layer k.
+    pub free: Vec<Matrix>,
+    /// Nudged-phase states (beta as drawn).
+    pub nudged: Vec<Matrix>,
+    /// Second nudged phase (-beta) for symmetric nudging.
+    pub nudged_neg: Vec<Matrix>,
+    /// Scratch: the drives of one step; after a phase, `drives[0]` holds the
+    /// difference of layer 1 between the two phases (for the W_0 update).
+    pub drives: Vec<Matrix>,
+    /// Per-block results of the last free phase.
+    pub errors: usize,
+    pub cost: f64,
+    pub last_change: f32,
+}
+
+impl Block {
+    pub fn new(sizes: &[usize], cap: usize) -> Self {
+        let layers = || sizes[1..].iter().map(|&n| Matrix::zeros(cap, n)).collect();
+        Block {
+            cap,
+            rows: 0,
+            x: Matrix::zeros(cap, sizes[0]),
+            input_drive: Matrix::zeros(cap, sizes[1]),
+            target: Matrix::zeros(cap, *sizes.last().unwrap()),
+            labels: vec![0; cap],
+            free: layers(),
+            nudged: layers(),
+            nudged_neg: layers(),
+            drives: layers(),
+            errors: 0,
+            cost: 0.0,
+            last_change: 0.0,
+        }
+    }
+
+    /// Sets x W_0 + b_1 for the rows in use (once per batch: x is clamped).
+    pub fn compute_input_drive(&mut self, net: &Network) {
+        let r = self.rows;
+        let n1 = net.sizes[1];
+        let out = self.input_drive.view_mut().split_rows(r).0;
+        gemm(
+            out,
+            false,
+            1.0,
+            self.x.rows_view(0, r),
+            Op::N,
+            net.weights[0].view(),
+            Op::N,
+        );
+        kernels::add_bias_rows(&mut self.input_drive.data[..r * n1], &net.biases[0]);
+    }
+
+    /// Counts errors and the cost of the free-phase output for the rows in use.
+    pub fn score_free(&mut self) {
+        let out = self.free.last().unwrap();
+        let n = out.cols;
+        self.errors = 0;
+        self.cost = 0.0;
+        for i in 0..self.rows {
+            let row = &out.data[i * n..(i + 1) * n];
+            if kernels::argmax(row) != self.labels[i] as usize {
+                self.errors += 1;
+            }
+            self.cost += Network::cost(row, &self.target.data[i * n..(i + 1) * n]);
+        }
+    }
+}
+
+/// Which set of states a phase works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Free,
+    Nudged,
+    NudgedNeg,
+}
+
+impl Block {
+    pub fn states(&self, phase: Phase) -> &[Matrix] {
+        match phase {
+            Phase::Free => &self.free,
+            Phase::Nudged => &self.nudged,
+            Phase::NudgedNeg => &self.nudged_neg,
+        }
+    }
+
+    /// Copies the free states into `phase`'s (the nudged phase starts at s^0).
+    pub fn start_from_free(&mut self, phase: Phase) {
+        let dst = match phase {
+            Phase::Free => return,
+            Phase::Nudged => &mut self.nudged,
+            Phase::NudgedNeg => &mut self.nudged_neg,
+        };
+        for (d, s) in dst.iter_mut().zip(&self.free) {
+            let len = self.rows * s.cols;
+            d.data[..len].copy_from_slice(&s.data[..len]);
+        }
+    }
+
+    /// Runs `steps` synchronous steps on `phase`'s states with nudging `beta`
+    /// (0 for the free phase). Returns the largest state change of the last step.
+    pub fn relax(&mut self, net: &Network, phase: Phase, steps: usize, eps: f32, beta: f32) -> f32 {
+        let states = match phase {
+            Phase::Free => &mut self.free,
+            Phase::Nudged => &mut self.nudged,
+            Phase::NudgedNeg => &mut self.nudged_neg,
+        };
+        let nudge = (beta != 0.0).then_some((beta, &self.target));
+        let mut change = 0.0;
+        for _ in 0..steps {
+            change = step(
+                net,
+                &self.input_drive,
+                states,
+                &mut self.drives,
+                self.rows,
+                eps,
+                nudge,
+            );
+        }
+        self.last_change = change;
+        change
+    }
+}
+
+/// One synchronous step of every layer for the first `rows` rows.
+/// `states[k - 1]` is layer k. Returns max |s_new - s_old|.
+pub fn step(
+    net: &Network,
+    input_drive: &Matrix,
+    states: &mut [Matrix],
+    drives: &mut [Matrix],
+    rows: usize,
+    eps: f32,
+    nudge: Option<(f32, &Matrix)>,
+) -> f32 {
+    let depth = states.len();
+    // Drives from the old states, before any layer moves.
+    for i in 0..depth {
+        let out = drives[i].view_mut().split_rows(rows).0;
+        let above = (i + 1 < depth).then(|| &states[i + 1]);
+        let below = (i > 0).then(|| &states[i - 1]);
+        match (above, below) {
+            (Some(up), _) => {
+                // s_{k+1} W_k^T, with W_k = weights[i + 1].
+                gemm(
+                    out,
+                    false,
+                    1.0,
+                    up.rows_view(0, rows),
+                    Op::N,
+                    net.weights[i + 1].view(),
+                    Op::T,
+                );
+                if let Some(down) = below {
+                    let out = drives[i].view_mut().split_rows(rows).0;
+                    gemm(
+                        out,
+                        true,
+                        1.0,
+                        down.rows_view(0, rows),
+                        Op::N,
+                        net.weights[i].view(),
+                        Op::N,
+                    );
+                }
+            }
+            (None, Some(down)) => {
+                gemm(
+                    out,
+                    false,
+                    1.0,
+                    down.rows_view(0, rows),
+                    Op::N,
+                    net.weights[i].view(),
+                    Op::N,
+                );
+            }
+            (None, None) => out.data.fill(0.0),
+        }
+    }
+    let mut change = 0.0f32;
+    for i in 0..depth {
+        let n = states[i].cols;
+        let len = rows * n;
+        // Layer 1 gets the precomputed x W_0 + b_1 per row; others their bias.
+        let (offset, stride) = if i == 0 {
+            (&input_drive.data[..len], n)
+        } else {
+            (&net.biases[i][..], 0)
+        };
+        let nudge = if i + 1 == depth {
+            nudge.map(|(b, t)| (b, &t.data[..len]))
+        } else {
+            None
+        };
+        let c = kernels::relax_layer(
+            &mut states[i].data[..len],
+            &drives[i].data[..len],
+            offset,
+            stride,
+            n,
+            eps,
+            nudge,
+        );
+        change = change.max(c);
+    }
+    change
+}

@@ -1,0 +1,333 @@
+//! Equilibrium Propagation (Scellier & Bengio, arXiv 1602.05179).
+//!
+//! `network` holds the parameters and the energy, `dynamics` relaxes the
+//! states to a fixed point (free phase) and under a nudge (nudged phase),
+//! `learning` contrasts the two equilibria into a weight update. `EqProp` ties
+//! them to the training loop through the `Learner` trait.
+
+pub mod dynamics;
+pub mod learning;
+pub mod network;
+
+pub use dynamics::{Block, Phase};
+pub use network::Network;
+
+use crate::config::{Config, Nudging};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::tensor::{Matrix, row_ranges};
+use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// The hyperparameters EP itself uses (a view of `Config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub free_steps: usize,
+    pub nudged_steps: usize,
+    pub epsilon: f32,
+    pub beta: f32,
+    pub learning_rates: Vec<f32>,
+    pub nudging: Nudging,
+    pub persistent_particles: bool,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        Settings {
+            free_steps: c.free_steps,
+            nudged_steps: c.nudged_steps,
+            epsilon: c.epsilon,
+            beta: c.beta,
+            learning_rates: c.learning_rates.clone(),
+            nudging: c.nudging,
+            persistent_particles: c.persistent_particles,
+        }
+    }
+}
+
+/// An EP learner: the network, its settings, per-thread working memory and
+/// (optionally) the persistent particles of every training example.
+pub struct EqProp {
+    pub net: Network,
+    pub settings: Settings,
+    blocks: Vec<Block>,
+    eval_blocks: Vec<Block>,
+    /// `particles[k - 1]` holds layer k's free state of every training example.
+    particles: Vec<Matrix>,
+    /// Largest state change in the last step of the last free phase (all blocks).
+    pub last_free_change: f32,
+}
+
+impl EqProp {
+    /// A Glorot-initialised network for `cfg`, ready to train on `n_train` examples.
+    pub fn new(cfg: &Config, n_train: usize) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let net = Network::glorot(&cfg.layers, &mut rng);
+        Self::from_network(net, Settings::from_config(cfg), cfg, n_train)
+    }
+
+    pub fn from_network(net: Network, settings: Settings, cfg: &Config, n_train: usize) -> Self {
+        let threads = cfg.threads.max(1);
+        let cap = cfg.batch_size.div_ceil(threads).max(1);
+        let blocks = (0..threads).map(|_| Block::new(&net.sizes, cap)).collect();
+        let eval_blocks = (0..threads)
+            .map(|_| Block::new(&net.sizes, cfg.eval_block))
+            .collect();
+        let particles = if settings.persistent_particles {
+            net.sizes[1..]
+                .iter()
+                .map(|&n| Matrix::zeros(n_train, n))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        EqProp {
+            net,
+            settings,
+            blocks,
+            eval_blocks,
+            particles,
+            last_free_change: 0.0,
+        }
+    }
+}
+
+impl Block {
+    /// Clamps examples `idx` of `data` into this block and sets the initial
+    /// free state: the persistent particles if given, else zeros.
+    fn load(
+        &mut self,
+        data: &Dataset,
+        idx: impl ExactSizeIterator<Item = usize>,
+        particles: &[Matrix],
+    ) {
+        self.rows = idx.len();
+        let n_out = self.target.cols;
+        for (i, e) in idx.enumerate() {
+            self.x.row_mut(i).copy_from_slice(data.images.row(e));
+            let label = data.labels[e];
+            self.labels[i] = label;
+            let t = self.target.row_mut(i);
+            t.fill(0.0);
+            t[label as usize % n_out] = 1.0;
+            for (k, s) in self.free.iter_mut().enumerate() {
+                match particles.get(k) {
+                    Some(p) => s.row_mut(i).copy_from_slice(p.row(e)),
+                    None => s.row_mut(i).fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+impl Learner for EqProp {
+    fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats {
+        let s = &self.settings;
+        let beta = match s.nudging {
+            Nudging::RandomSign if rng.random_bool(0.5) => -s.beta,
+            _ => s.beta,
+        };
+        let symmetric = s.nudging == Nudging::Symmetric;
+        let ranges = row_ranges(indices.len(), self.blocks.len());
+        for b in &mut self.blocks {
+            b.rows = 0;
+        }
+        let (net, particles) = (&self.net, &self.particles);
+        self.blocks
+            .par_iter_mut()
+            .zip(ranges.par_iter())
+            .for_each(|(b, &(r0, r1))| {
+                b.load(data, indices[r0..r1].iter().copied(), particles);
+                b.compute_input_drive(net);
+                b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
+                b.score_free();
+                b.start_from_free(Phase::Nudged);
+                b.relax(net, Phase::Nudged, s.nudged_steps, s.epsilon, beta);
+                if symmetric {
+                    b.start_from_free(Phase::NudgedNeg);
+                    b.relax(net, Phase::NudgedNeg, s.nudged_steps, s.epsilon, -beta);
+                    b.prepare_update(Phase::Nudged, Phase::NudgedNeg);
+                } else {
+                    b.prepare_update(Phase::Nudged, Phase::Free);
+                }
+            });
+        // Persistent particles: each example keeps its free fixed point.
+        for (b, &(r0, _)) in self.blocks.iter().zip(&ranges) {
+            for (k, p) in self.particles.iter_mut().enumerate() {
+                for i in 0..b.rows {
+                    p.row_mut(indices[r0 + i]).copy_from_slice(b.free[k].row(i));
+                }
+            }
+        }
+        let (plus, minus, coef) = if symmetric {
+            (Phase::Nudged, Phase::NudgedNeg, 1.0 / (2.0 * beta))
+        } else {
+            (Phase::Nudged, Phase::Free, 1.0 / beta)
+        };
+        let parts = self.blocks.len();
+        learning::apply(
+            &mut self.net,
+            &self.blocks,
+            plus,
+            minus,
+            coef,
+            &self.settings.learning_rates,
+            indices.len(),
+            parts,
+        );
+        self.last_free_change = self
+            .blocks
+            .iter()
+            .map(|b| b.last_change)
+            .fold(0.0, f32::max);
+        self.blocks.iter().fold(Stats::default(), |acc, b| Stats {
+            examples: acc.examples + b.rows,
+            errors: acc.errors + b.errors,
+            cost: acc.cost + b.cost,
+        })
+    }
+
+    fn evaluate(&mut self, data: &Dataset) -> Stats {
+        let s = &self.settings;
+        let net = &self.net;
+        let per_round = self.eval_blocks.len() * self.eval_blocks[0].cap;
+        let mut stats = Stats::default();
+        let mut start = 0;
+        while start < data.len() {
+            let end = (start + per_round).min(data.len());
+            let ranges = row_ranges(end - start, self.eval_blocks.len());
+            for b in &mut self.eval_blocks {
+                b.rows = 0;
+            }
+            self.eval_blocks
+                .par_iter_mut()
+                .zip(ranges.par_iter())
+                .for_each(|(b, &(r0, r1))| {
+                    b.load(data, start + r0..start + r1, &[]);
+                    b.compute_input_drive(net);
+                    b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
+                    b.score_free();
+                });
+            for b in self.eval_blocks.iter().filter(|b| b.rows > 0) {
+                stats.examples += b.rows;
+                stats.errors += b.errors;
+                stats.cost += b.cost;
+            }
+            start = end;
+        }
+        stats
+    }
+
+    fn parameters(&self) -> Vec<NamedTensor<'_>> {
+        let mut out = Vec::new();
+        for (k, w) in self.net.weights.iter().enumerate() {
+            out.push(NamedTensor::new(
+                format!("W{k}"),
+                vec![w.rows, w.cols],
+                &w.data,
+            ));
+        }
+        for (k, b) in self.net.biases.iter().enumerate() {
+            out.push(NamedTensor::new(format!("b{}", k + 1), vec![b.len()], b));
+        }
+        out
+    }
+
+    fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
+        let mut out = Vec::new();
+        for (k, w) in self.net.weights.iter_mut().enumerate() {
+            out.push(NamedTensorMut::new(
+                format!("W{k}"),
+                vec![w.rows, w.cols],
+                &mut w.data,
+            ));
+        }
+        for (k, b) in self.net.biases.iter_mut().enumerate() {
+            let n = b.len();
+            out.push(NamedTensorMut::new(format!("b{}", k + 1), vec![n], b));
+        }
+        out
+    }
+
+    fn run_state(&self) -> Vec<NamedTensor<'_>> {
+        self.particles
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                NamedTensor::new(
+                    format!("particles.s{}", k + 1),
+                    vec![p.rows, p.cols],
+                    &p.data,
+                )
+            })
+            .collect()
+    }
+
+    fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
+        self.particles
+            .iter_mut()
+            .enumerate()
+            .map(|(k, p)| {
+                NamedTensorMut::new(
+                    format!("particles.s{}", k + 1),
+                    vec![p.rows, p.cols],
+                    &mut p.data,
+                )
+            })
+            .collect()
+    }
+
+    fn check_finite(&self, epoch: usize) -> Result<()> {
+        match self.net.first_non_finite() {
+            Some((layer, what)) => Err(Error::Diverged { epoch, layer, what }),
+            None => Ok(()),
+        }
+    }
+
+    fn flops_per_example(&self) -> (f64, f64) {
+        let s = &self.net.sizes;
+        let input = 2.0 * (s[0] * s[1]) as f64;
+        // Each W_k (k >= 1) is used twice per step: s_{k+1} W_k^T and s_k W_k.
+        let step: f64 = s[1..].windows(2).map(|w| 4.0 * (w[0] * w[1]) as f64).sum();
+        let nudged_phases = if self.settings.nudging == Nudging::Symmetric {
+            2
+        } else {
+            1
+        };
+        let steps = self.settings.free_steps + nudged_phases * self.settings.nudged_steps;
+        // Update: x^T (s1^b - s1^0) is one GEMM; the other W_k take two.
+        let update = input
+            + s[1..]
+                .windows(2)
+                .map(|w| 4.0 * (w[0] * w[1]) as f64)
+                .sum::<f64>();
+        let train = input + steps as f64 * step + update;
+        let eval = input + self.settings.free_steps as f64 * step;
+        (train, eval)
+    }
+
+    fn free_phase_residual(&self) -> Option<f64> {
+        Some(self.last_free_change as f64)
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "EP {} | free {} nudged {} | beta {} ({:?}) | eps {} | rates {:?}",
+            self.net
+                .sizes
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            s.free_steps,
+            s.nudged_steps,
+            s.beta,
+            s.nudging,
+            s.epsilon,
+            s.learning_rates
+        )
+    }
+}

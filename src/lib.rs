@@ -1,0 +1,17 @@
+//! plasticity: biologically plausible deep learning, measured.
+//!
+//! The library holds the science; the `plasticity` binary only parses
+//! arguments and prints. Arrows run one way: `train` calls learners
+//! (`eqprop`), learners call the matrix layer (`tensor`); `tensor` and `data`
+//! know no model.
+
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod eqprop;
+pub mod error;
+pub mod plot;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,384 @@
+//! The `plasticity` command line: parses arguments, draws progress, prints.
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use plasticity::config::{self, Config};
+use plasticity::train::{self, EpochMetrics, Progress};
+use plasticity::{Error, Result, bench};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "plasticity",
+    version,
+    about = "Biologically plausible deep learning: Equilibrium Propagation and friends, on real data",
+    long_about = "Biologically plausible deep learning: Equilibrium Propagation (Scellier & Bengio 2017) \
+                  on permutation-invariant MNIST, reproducing the paper.\n\n\
+                  With no subcommand, trains the default preset (eqprop-mnist-1h) into runs/eqprop-mnist-1h."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model; writes config.toml, metrics.jsonl, checkpoints and a learning curve to --out.
+    Train(TrainArgs),
+    /// Evaluate a run's checkpoint on one split; prints one JSON object.
+    Eval {
+        /// Run directory made by `plasticity train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Which split to score.
+        #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+        split: String,
+        /// Worker threads (default: the run's).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// List the presets and their hyperparameters.
+    Presets,
+    /// Measure the machine's fp32 peak, the hot kernels and a training epoch.
+    Bench {
+        /// Preset whose epoch to time (may be given several times).
+        #[arg(long, default_value = "eqprop-mnist-1h")]
+        preset: Vec<String>,
+        /// Time only this many training examples and extrapolate (0 = a full epoch;
+        /// default: full for 1h, 2000 for deeper presets).
+        #[arg(long)]
+        examples: Option<usize>,
+        #[arg(long, default_value_t = config::default_threads())]
+        threads: usize,
+        /// Print a JSON list instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the single-kernel measurements.
+        #[arg(long)]
+        no_kernels: bool,
+    },
+}
+
+#[derive(Args, Default)]
+struct TrainArgs {
+    /// Preset to start from (see `plasticity presets`).
+    #[arg(long)]
+    preset: Option<String>,
+    /// TOML file whose keys override the preset (keys as in a run's config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (results are bit-identical for the same count).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Compute device. Only `cpu` in this build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Directory with the four MNIST-format IDX files, raw or .gz (default: the shipped MNIST).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory (default: runs/<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+    /// Start over even if --out already holds a run.
+    #[arg(long)]
+    force: bool,
+    /// Use only the first N training examples (smoke runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Use only the first N validation and test examples (smoke runs).
+    #[arg(long)]
+    eval_limit: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => train_cmd(TrainArgs {
+            device: "cpu".into(),
+            ..Default::default()
+        }),
+        Some(Command::Train(a)) => train_cmd(a),
+        Some(Command::Eval {
+            run,
+            split,
+            threads,
+        }) => eval_cmd(&run, &split, threads),
+        Some(Command::Presets) => presets_cmd(),
+        Some(Command::Bench {
+            preset,
+            examples,
+            threads,
+            json,
+            no_kernels,
+        }) => bench_cmd(&preset, examples, threads, json, no_kernels),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve_config(a: &TrainArgs) -> Result<Config> {
+    let mut cfg = match &a.config {
+        Some(path) => Config::from_file(path, a.preset.as_deref())?,
+        None => config::preset(a.preset.as_deref().unwrap_or(config::PRESETS[0]))?,
+    };
+    if let Some(v) = a.epochs {
+        cfg.epochs = v;
+    }
+    if let Some(v) = a.batch {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = a.threads {
+        cfg.threads = v;
+    }
+    if let Some(v) = &a.data {
+        cfg.data = v.display().to_string();
+    }
+    if let Some(v) = a.limit {
+        cfg.limit = v;
+    }
+    if let Some(v) = a.eval_limit {
+        cfg.eval_limit = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    if a.device != "cpu" {
+        return Err(Error::Config(format!(
+            "--device {}: this build runs on the CPU only (use --device cpu)",
+            a.device
+        )));
+    }
+    let (cfg, out) = if a.resume {
+        let out = a.out.clone().ok_or_else(|| {
+            Error::Config("--resume needs --out DIR, the run directory to continue".into())
+        })?;
+        if a.preset.is_some()
+            || a.config.is_some()
+            || a.batch.is_some()
+            || a.seed.is_some()
+            || a.data.is_some()
+            || a.limit.is_some()
+            || a.eval_limit.is_some()
+        {
+            return Err(Error::Config(
+                "with --resume the run's own config.toml is used; only --epochs and --threads may be given".into(),
+            ));
+        }
+        let mut cfg = train::read_run_config(&out)?;
+        if let Some(e) = a.epochs {
+            cfg.epochs = e;
+        }
+        if let Some(t) = a.threads {
+            cfg.threads = t;
+        }
+        (cfg, out)
+    } else {
+        let cfg = resolve_config(&a)?;
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.preset));
+        (cfg, out)
+    };
+    eprintln!("run directory: {}", out.display());
+    let mut bar = Bar::default();
+    let history = train::train(&cfg, &out, a.resume, a.force, &mut bar)?;
+    if let Some(m) = history.last() {
+        println!(
+            "final (epoch {}): train error {:.2}%, validation error {:.2}%, test error {:.2}%",
+            m.epoch,
+            100.0 * m.train_error,
+            100.0 * m.val_error,
+            100.0 * m.test_error
+        );
+    }
+    Ok(())
+}
+
+/// Progress on stderr: a bar per epoch with examples/s and the running error.
+#[derive(Default)]
+struct Bar {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+}
+
+impl Progress for Bar {
+    fn start(&mut self, description: &str, first: usize, epochs: usize) {
+        self.epochs = epochs;
+        eprintln!("{description}");
+        if first > epochs {
+            eprintln!("nothing to do: all {epochs} epochs are done (raise --epochs to go on)");
+        } else if first > 1 {
+            eprintln!("resuming at epoch {first} of {epochs}");
+        }
+    }
+
+    fn epoch_start(&mut self, epoch: usize, examples: usize) {
+        let bar = ProgressBar::new(examples as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {epoch:>3}/{}", self.epochs));
+        self.bar = Some(bar);
+    }
+
+    fn batch_done(&mut self, done: usize, errors: usize) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            if done % 1000 < 100 {
+                b.set_message(format!(
+                    "train error {:.2}%",
+                    100.0 * errors as f64 / done.max(1) as f64
+                ));
+            }
+        }
+    }
+
+    fn evaluating(&mut self, split: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("evaluating {split}"));
+        }
+    }
+
+    fn epoch_end(&mut self, m: &EpochMetrics) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        println!(
+            "epoch {:>3}/{}  train {:6.2}%  val {:6.2}%  test {:6.2}%  cost {:.4}  {:6.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
+            m.epoch,
+            self.epochs,
+            100.0 * m.train_error,
+            100.0 * m.val_error,
+            100.0 * m.test_error,
+            m.train_cost,
+            m.epoch_seconds,
+            m.examples_per_second,
+            m.train_gflops
+        );
+    }
+}
+
+fn eval_cmd(run: &std::path::Path, split: &str, threads: Option<usize>) -> Result<()> {
+    let (stats, epoch) = train::evaluate_run(run, split, threads)?;
+    let out = serde_json::json!({
+        "run": run.display().to_string(),
+        "split": split,
+        "epoch": epoch,
+        "examples": stats.examples,
+        "error": stats.error_rate(),
+        "cost": stats.mean_cost(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn presets_cmd() -> Result<()> {
+    println!(
+        "{:<18} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} learning rates",
+        "preset", "layers", "free", "nudged", "beta", "epochs", "batch"
+    );
+    for name in config::PRESETS {
+        let c = config::preset(name)?;
+        let layers: Vec<String> = c.layers.iter().map(|n| n.to_string()).collect();
+        println!(
+            "{:<18} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} {:?}",
+            name,
+            layers.join("-"),
+            c.free_steps,
+            c.nudged_steps,
+            c.beta,
+            c.epochs,
+            c.batch_size,
+            c.learning_rates
+        );
+    }
+    println!(
+        "\nall: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init, no shuffling"
+    );
+    Ok(())
+}
+
+fn bench_cmd(
+    presets: &[String],
+    examples: Option<usize>,
+    threads: usize,
+    json: bool,
+    no_kernels: bool,
+) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+    let rows = pool.install(|| -> Result<Vec<bench::Row>> {
+        let one = bench::peak_gflops_one_core();
+        let peak = bench::peak_gflops(threads);
+        let mut rows = vec![bench::Row {
+            name: format!("fp32 peak ({threads} cores, FMA chains)"),
+            seconds: 0.0,
+            gflops: peak,
+            fraction_of_peak: 1.0,
+            threads,
+            note: format!("{one:.1} GFLOP/s on one core alone"),
+        }];
+        if !no_kernels {
+            rows.extend(bench::kernels(one));
+        }
+        for p in presets {
+            let mut cfg = config::preset(p)?;
+            cfg.threads = threads;
+            let splits = train::load_data(&cfg)?;
+            let n = examples.unwrap_or(if p == "eqprop-mnist-1h" { 0 } else { 2000 });
+            rows.extend(bench::epoch(&cfg, &splits, n, peak));
+        }
+        Ok(rows)
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        );
+    } else {
+        println!(
+            "{:<46} {:>10} {:>9} {:>8} {:>4}  note",
+            "what", "seconds", "GFLOP/s", "of peak", "thr"
+        );
+        for r in rows {
+            println!(
+                "{:<46} {:>10.4e} {:>9.1} {:>7.1}% {:>4}  {}",
+                r.name,
+                r.seconds,
+                r.gflops,
+                100.0 * r.fraction_of_peak,
+                r.threads,
+                r.note
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! PNG plots with plotters, using an embedded font (no system fontconfig needed).
+
+use crate::error::{Error, Result};
+use crate::train::EpochMetrics;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn ensure_font() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // The font is a known-good TTF compiled into the binary.
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One named curve: (x, y) points.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+    pub color: RGBColor,
+}
+
+/// A line chart with a log-scale y axis written to `path` as PNG.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<()> {
+    ensure_font();
+    let err = |e: String| Error::Checkpoint(format!("cannot draw plot {}: {e}", path.display()));
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|y| *y > 0.0);
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    if x0 > x1 {
+        return Ok(());
+    }
+    let (x0, x1) = if x0 == x1 {
+        (x0 - 0.5, x1 + 0.5)
+    } else {
+        (x0, x1)
+    };
+    let (y0, y1) = if y0 > y1 {
+        (1e-4, 1.0)
+    } else {
+        (y0 * 0.8, y1 * 1.25)
+    };
+    let tmp = path.with_extension("png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .y_label_formatter(&|v| format!("{:.2}%", v * 100.0))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for s in series {
+            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1 > 0.0).collect();
+            let color = s.color;
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename plot into place", path, e))
+}
+
+/// Train/validation/test error per epoch (log scale; a 0.00% point is left out).
+pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Result<()> {
+    let pick =
+        |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect();
+    line_chart(
+        path,
+        &format!("{title}: error per epoch"),
+        "epoch",
+        "error (log scale)",
+        &[
+            Series {
+                name: "train",
+                points: pick(|m| m.train_error),
+                color: RGBColor(31, 119, 180),
+            },
+            Series {
+                name: "validation",
+                points: pick(|m| m.val_error),
+                color: RGBColor(255, 127, 14),
+            },
+            Series {
+                name: "test",
+                points: pick(|m| m.test_error),
+                color: RGBColor(44, 160, 44),
+            },
+        ],
+    )
+}

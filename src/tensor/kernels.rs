@@ -1,0 +1,182 @@
+//! Fused element-wise kernels of the relaxation and the learning rule.
+//!
+//! Each is one pass over memory, checked against a plain reference in the tests
+//! below. `clip01` propagates NaN on purpose, so a diverging run is seen.
+
+/// clip(v, 0, 1), keeping NaN (so divergence is detected, not hidden).
+#[inline(always)]
+pub fn clip01(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else if v > 1.0 {
+        1.0
+    } else {
+        v
+    }
+}
+
+/// One relaxation step of one layer, fused:
+/// `s <- clip((1 - eps) s + eps (drive + offset [+ beta (d - s)]), 0, 1)`.
+///
+/// `s` and `drive` are `rows x n`, row-major. `offset` is either one row of `n`
+/// (the bias, `offset_stride == 0`) or a `rows x n` matrix (the input drive
+/// plus bias, `offset_stride == n`). `nudge` is `(beta, target)` with `target`
+/// `rows x n`. Returns max |s_new - s_old| over the block.
+pub fn relax_layer(
+    s: &mut [f32],
+    drive: &[f32],
+    offset: &[f32],
+    offset_stride: usize,
+    n: usize,
+    eps: f32,
+    nudge: Option<(f32, &[f32])>,
+) -> f32 {
+    let rows = s.len() / n;
+    let keep = 1.0 - eps;
+    let mut max_change = 0.0f32;
+    for r in 0..rows {
+        let sr = &mut s[r * n..(r + 1) * n];
+        let dr = &drive[r * n..(r + 1) * n];
+        let or = &offset[r * offset_stride..r * offset_stride + n];
+        match nudge {
+            None => {
+                for ((s, &d), &o) in sr.iter_mut().zip(dr).zip(or) {
+                    let new = clip01(keep * *s + eps * (d + o));
+                    max_change = max_change.max((new - *s).abs());
+                    *s = new;
+                }
+            }
+            Some((beta, target)) => {
+                let tr = &target[r * n..(r + 1) * n];
+                for (((s, &d), &o), &t) in sr.iter_mut().zip(dr).zip(or).zip(tr) {
+                    let new = clip01(keep * *s + eps * (d + o + beta * (t - *s)));
+                    max_change = max_change.max((new - *s).abs());
+                    *s = new;
+                }
+            }
+        }
+    }
+    max_change
+}
+
+/// `out = a - b`, element-wise.
+pub fn sub(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x - y;
+    }
+}
+
+/// `bias += scale * sum over rows of (a - b)`, for `rows x n` blocks.
+pub fn add_row_sum_diff(bias: &mut [f32], a: &[f32], b: &[f32], scale: f32) {
+    let n = bias.len();
+    for (ra, rb) in a.chunks_exact(n).zip(b.chunks_exact(n)) {
+        for ((o, &x), &y) in bias.iter_mut().zip(ra).zip(rb) {
+            *o += scale * (x - y);
+        }
+    }
+}
+
+/// Each row of `out` (rows x n) gets `bias` added.
+pub fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (o, &b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+/// Index of the largest element (first on ties; NaN compares false, so a NaN
+/// after the first element never wins).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference_relax(
+        s: &[f32],
+        drive: &[f32],
+        offset: &[f32],
+        stride: usize,
+        n: usize,
+        eps: f32,
+        nudge: Option<(f32, &[f32])>,
+    ) -> Vec<f32> {
+        let mut out = s.to_vec();
+        for i in 0..s.len() {
+            let (r, j) = (i / n, i % n);
+            let mut grad = s[i] - drive[i] - offset[r * stride + j]; // dE/ds
+            if let Some((beta, t)) = nudge {
+                grad += beta * (s[i] - t[i]); // d(beta C)/ds
+            }
+            out[i] = (s[i] - eps * grad).clamp(0.0, 1.0);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn relax_layer_matches_gradient_step(
+            rows in 1usize..6, n in 1usize..20, eps in 0.05f32..1.0, beta in -2.0f32..2.0,
+            per_row in any::<bool>(), nudged in any::<bool>(),
+            vals in proptest::collection::vec(-2.0f32..2.0, 4 * 6 * 20),
+        ) {
+            let m = rows * n;
+            let s: Vec<f32> = vals[..m].iter().map(|v| v.abs().min(1.0)).collect();
+            let drive = &vals[m..2 * m];
+            let stride = if per_row { n } else { 0 };
+            let offset = &vals[2 * m..2 * m + if per_row { m } else { n }];
+            let target: Vec<f32> = vals[3 * m..4 * m].iter().map(|v| (*v > 0.0) as u8 as f32).collect();
+            let nudge = if nudged { Some((beta, &target[..])) } else { None };
+            let want = reference_relax(&s, drive, offset, stride, n, eps, nudge);
+            let mut got = s.clone();
+            let change = relax_layer(&mut got, drive, offset, stride, n, eps, nudge);
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert!((g - w).abs() <= 1e-5, "{g} vs {w}");
+            }
+            let want_change = s.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            prop_assert!((change - want_change).abs() <= 1e-5);
+        }
+
+        #[test]
+        fn bias_and_diff_kernels(rows in 1usize..5, n in 1usize..9, scale in -1.0f32..1.0,
+                                 vals in proptest::collection::vec(-1.0f32..1.0, 3 * 5 * 9)) {
+            let m = rows * n;
+            let (a, b) = (&vals[..m], &vals[m..2 * m]);
+            let bias0 = &vals[2 * m..2 * m + n];
+            let mut bias = bias0.to_vec();
+            add_row_sum_diff(&mut bias, a, b, scale);
+            for j in 0..n {
+                let want = bias0[j] + scale * (0..rows).map(|r| a[r * n + j] - b[r * n + j]).sum::<f32>();
+                prop_assert!((bias[j] - want).abs() < 1e-5);
+            }
+            let mut d = vec![0.0; m];
+            sub(&mut d, a, b);
+            let mut out = a.to_vec();
+            add_bias_rows(&mut out, bias0);
+            for i in 0..m {
+                prop_assert_eq!(d[i], a[i] - b[i]);
+                prop_assert_eq!(out[i], a[i] + bias0[i % n]);
+            }
+        }
+    }
+
+    #[test]
+    fn clip_and_argmax() {
+        assert_eq!(clip01(-0.5), 0.0);
+        assert_eq!(clip01(1.5), 1.0);
+        assert_eq!(clip01(0.25), 0.25);
+        assert!(clip01(f32::NAN).is_nan());
+        assert_eq!(argmax(&[0.1, 0.9, 0.9, 0.2]), 1);
+        assert_eq!(argmax(&[0.0, 0.5, f32::NAN]), 1);
+    }
+}

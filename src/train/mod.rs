@@ -1,0 +1,402 @@
+//! The training loop, written once for every learner: epochs, metrics,
+//! checkpoints, resume, divergence checks, determinism.
+//!
+//! A learner plugs in through [`Learner`]: train on a batch, evaluate, name its
+//! tensors. The loop knows nothing of what is inside.
+
+pub mod checkpoint;
+
+use crate::config::Config;
+use crate::data::{self, Dataset, Splits};
+use crate::eqprop::EqProp;
+use crate::error::{Error, Result};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Sums over a set of examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub examples: usize,
+    pub errors: usize,
+    /// Sum of the per-example cost.
+    pub cost: f64,
+}
+
+impl Stats {
+    pub fn error_rate(&self) -> f64 {
+        self.errors as f64 / self.examples.max(1) as f64
+    }
+    pub fn mean_cost(&self) -> f64 {
+        self.cost / self.examples.max(1) as f64
+    }
+}
+
+/// A tensor by name, for checkpoints.
+pub struct NamedTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: &'a [f32],
+}
+
+pub struct NamedTensorMut<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: &'a mut [f32],
+}
+
+impl<'a> NamedTensor<'a> {
+    pub fn new(name: String, shape: Vec<usize>, data: &'a [f32]) -> Self {
+        NamedTensor { name, shape, data }
+    }
+}
+
+impl<'a> NamedTensorMut<'a> {
+    pub fn new(name: String, shape: Vec<usize>, data: &'a mut [f32]) -> Self {
+        NamedTensorMut { name, shape, data }
+    }
+}
+
+/// What the training loop needs of a learning algorithm.
+pub trait Learner {
+    /// Learns from examples `indices` of `data`; returns the batch's free-phase
+    /// (prediction) errors and cost, measured before the update.
+    fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats;
+    /// Scores every example of `data`; learns nothing.
+    fn evaluate(&mut self, data: &Dataset) -> Stats;
+    /// The parameters, by name (the checkpoint).
+    fn parameters(&self) -> Vec<NamedTensor<'_>>;
+    fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>>;
+    /// Per-example state that resuming needs (e.g. persistent particles).
+    fn run_state(&self) -> Vec<NamedTensor<'_>>;
+    fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>>;
+    /// Err(Diverged) naming the first parameter that is NaN or inf.
+    fn check_finite(&self, epoch: usize) -> Result<()>;
+    /// Analytic FLOPs per training example and per evaluated example.
+    fn flops_per_example(&self) -> (f64, f64);
+    /// One line about the model, for the log.
+    fn describe(&self) -> String;
+    /// For learners that relax to a fixed point: the last free step's largest change.
+    fn free_phase_residual(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// One line of metrics.jsonl. Errors are fractions in [0, 1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    /// Free-phase errors on the training examples during the epoch (as the paper measures it).
+    pub train_error: f64,
+    pub val_error: f64,
+    pub test_error: f64,
+    /// Mean 1/2 |output - target|^2 at the free fixed points of the epoch.
+    pub train_cost: f64,
+    pub val_cost: f64,
+    pub test_cost: f64,
+    /// Largest state change in the last free step of the epoch's last batch
+    /// (how far from a fixed point the free phase stopped), for learners that relax.
+    pub free_phase_residual: Option<f64>,
+    /// Training and evaluation together.
+    pub epoch_seconds: f64,
+    pub train_seconds: f64,
+    /// Training throughput (evaluation excluded).
+    pub examples_per_second: f64,
+    /// Achieved GFLOP/s of the training part (analytic FLOP count).
+    pub train_gflops: f64,
+}
+
+impl EpochMetrics {
+    /// The metrics less the wall-clock fields, for determinism checks.
+    pub fn without_timings(&self) -> EpochMetrics {
+        EpochMetrics {
+            epoch_seconds: 0.0,
+            train_seconds: 0.0,
+            examples_per_second: 0.0,
+            train_gflops: 0.0,
+            ..self.clone()
+        }
+    }
+}
+
+/// Progress reports from the loop; the binary draws them, tests ignore them.
+pub trait Progress {
+    fn start(&mut self, _description: &str, _first_epoch: usize, _epochs: usize) {}
+    fn epoch_start(&mut self, _epoch: usize, _examples: usize) {}
+    fn batch_done(&mut self, _examples_done: usize, _errors_so_far: usize) {}
+    fn evaluating(&mut self, _split: &str) {}
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
+}
+
+/// A `Progress` that reports nothing.
+pub struct Silent;
+impl Progress for Silent {}
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const STATE_FILE: &str = "run_state.safetensors";
+pub const CURVE_FILE: &str = "learning_curve.png";
+
+/// The data a config asks for, with `limit` and `eval_limit` applied.
+pub fn load_data(cfg: &Config) -> Result<Splits> {
+    let dir = if cfg.data.is_empty() {
+        data::default_dir()
+    } else {
+        PathBuf::from(&cfg.data)
+    };
+    let mut s = data::load(&dir)?;
+    let cut = |d: &Dataset, n: usize| {
+        if n == 0 || n >= d.len() {
+            d.clone()
+        } else {
+            d.slice(0, n)
+        }
+    };
+    s.train = cut(&s.train, cfg.limit);
+    s.val = cut(&s.val, cfg.eval_limit);
+    s.test = cut(&s.test, cfg.eval_limit);
+    if s.train.features() != cfg.layers[0] {
+        return Err(Error::Config(format!(
+            "the data in {} has {} pixels per image but the network's input layer has {}; \
+             set layers[0] = {} in the config",
+            dir.display(),
+            s.train.features(),
+            cfg.layers[0],
+            s.train.features()
+        )));
+    }
+    Ok(s)
+}
+
+/// The learner a config describes.
+pub fn build_learner(cfg: &Config, n_train: usize) -> Box<dyn Learner + Send> {
+    Box::new(EqProp::new(cfg, n_train))
+}
+
+fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))
+}
+
+/// Trains `cfg` into `dir`. With `resume`, continues the run in `dir` from its
+/// last completed epoch (its config.toml rules; `cfg.epochs` may extend it).
+/// Without it, refuses a directory that already holds a run unless `force`.
+pub fn train(
+    cfg: &Config,
+    dir: &Path,
+    resume: bool,
+    force: bool,
+    progress: &mut (dyn Progress + Send),
+) -> Result<Vec<EpochMetrics>> {
+    let splits = load_data(cfg)?;
+    let pool = thread_pool(cfg.threads)?;
+    pool.install(|| {
+        let mut learner = build_learner(cfg, splits.train.len());
+        let history = if resume {
+            resume_from(dir, learner.as_mut())?
+        } else {
+            prepare_dir(dir, force)?;
+            Vec::new()
+        };
+        std::fs::write(dir.join(CONFIG_FILE), cfg.to_toml()).map_err(|e| unwritable(dir, e))?;
+        run_epochs(cfg, dir, learner.as_mut(), &splits, history, progress)
+    })
+}
+
+fn unwritable(dir: &Path, e: std::io::Error) -> Error {
+    Error::Checkpoint(format!(
+        "cannot write to run directory {} ({e}); choose a writable --out",
+        dir.display()
+    ))
+}
+
+fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.join(STATE_FILE).exists() && !force {
+        return Err(Error::Checkpoint(format!(
+            "{} already holds a run; add --resume to continue it, --force to start it over, \
+             or choose another --out",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
+    // Probe writability now rather than after the first epoch.
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| unwritable(dir, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn resume_from(dir: &Path, learner: &mut (dyn Learner + Send)) -> Result<Vec<EpochMetrics>> {
+    let state = checkpoint::Loaded::read(&dir.join(STATE_FILE))?;
+    state.restore(learner.parameters_mut())?;
+    state.restore(learner.run_state_mut())?;
+    let meta = state.metadata();
+    let history: Vec<EpochMetrics> = meta
+        .get("metrics")
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "{} lacks its metrics; the run cannot be resumed, train it again",
+                dir.join(STATE_FILE).display()
+            ))
+        })?;
+    Ok(history)
+}
+
+/// Reads a run directory's config.toml.
+pub fn read_run_config(dir: &Path) -> Result<Config> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::Checkpoint(format!(
+            "cannot read {} ({e}); is {} a run directory made by `plasticity train`?",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let cfg: Config = toml::from_str(&text)
+        .map_err(|e| Error::Config(format!("{} is malformed: {}", path.display(), e.message())))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run_epochs(
+    cfg: &Config,
+    dir: &Path,
+    learner: &mut (dyn Learner + Send),
+    splits: &Splits,
+    mut history: Vec<EpochMetrics>,
+    progress: &mut (dyn Progress + Send),
+) -> Result<Vec<EpochMetrics>> {
+    let n = splits.train.len();
+    let (train_flops, _) = learner.flops_per_example();
+    progress.start(&learner.describe(), history.len() + 1, cfg.epochs);
+    let mut order: Vec<usize> = (0..n).collect();
+    for epoch in history.len() + 1..=cfg.epochs {
+        // Each epoch's randomness depends only on (seed, epoch): resume is exact.
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(epoch as u64);
+        if cfg.shuffle {
+            order.sort_unstable();
+            order.shuffle(&mut rng);
+        }
+        progress.epoch_start(epoch, n);
+        let t0 = Instant::now();
+        let mut train = Stats::default();
+        for batch in order.chunks(cfg.batch_size) {
+            let s = learner.train_batch(&splits.train, batch, &mut rng);
+            if !s.cost.is_finite() {
+                learner.check_finite(epoch)?;
+                return Err(Error::Diverged {
+                    epoch,
+                    layer: "output".into(),
+                    what: "state",
+                });
+            }
+            train.examples += s.examples;
+            train.errors += s.errors;
+            train.cost += s.cost;
+            progress.batch_done(train.examples, train.errors);
+        }
+        learner.check_finite(epoch)?;
+        let train_seconds = t0.elapsed().as_secs_f64();
+        progress.evaluating("validation");
+        let val = learner.evaluate(&splits.val);
+        progress.evaluating("test");
+        let test = learner.evaluate(&splits.test);
+        let m = EpochMetrics {
+            epoch,
+            train_error: train.error_rate(),
+            val_error: val.error_rate(),
+            test_error: test.error_rate(),
+            train_cost: train.mean_cost(),
+            val_cost: val.mean_cost(),
+            test_cost: test.mean_cost(),
+            free_phase_residual: learner.free_phase_residual(),
+            epoch_seconds: t0.elapsed().as_secs_f64(),
+            train_seconds,
+            examples_per_second: n as f64 / train_seconds,
+            train_gflops: train_flops * n as f64 / train_seconds / 1e9,
+        };
+        history.push(m.clone());
+        save_epoch(cfg, dir, learner, &history)?;
+        progress.epoch_end(&m);
+    }
+    Ok(history)
+}
+
+fn save_epoch(
+    cfg: &Config,
+    dir: &Path,
+    learner: &(dyn Learner + Send),
+    history: &[EpochMetrics],
+) -> Result<()> {
+    let epoch = history.len();
+    let mut meta = HashMap::new();
+    meta.insert("epoch".to_string(), epoch.to_string());
+    meta.insert("preset".to_string(), cfg.preset.clone());
+    meta.insert("format".to_string(), "plasticity".to_string());
+    // The run state is the commit point; the checkpoint and metrics follow it.
+    let mut state_meta = meta.clone();
+    state_meta.insert(
+        "metrics".to_string(),
+        serde_json::to_string(history).expect("metrics serialize"),
+    );
+    let mut all = learner.parameters();
+    all.extend(learner.run_state());
+    checkpoint::save(&dir.join(STATE_FILE), &all, state_meta)?;
+    checkpoint::save(&dir.join(CHECKPOINT_FILE), &learner.parameters(), meta)?;
+    let lines: String = history
+        .iter()
+        .map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n")
+        .collect();
+    checkpoint::write_atomic(&dir.join(METRICS_FILE), lines.as_bytes())?;
+    crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, history)?;
+    Ok(())
+}
+
+/// Evaluates the checkpoint in run directory `dir` on one split.
+pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(Stats, usize)> {
+    let mut cfg = read_run_config(dir)?;
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    let splits = load_data(&Config {
+        eval_limit: 0,
+        ..cfg.clone()
+    })?;
+    let data = match split {
+        "train" => &splits.train,
+        "val" => &splits.val,
+        "test" => &splits.test,
+        other => {
+            return Err(Error::Config(format!(
+                "unknown split `{other}`; use train, val or test"
+            )));
+        }
+    };
+    let ckpt = checkpoint::Loaded::read(&dir.join(CHECKPOINT_FILE))?;
+    let epoch = ckpt
+        .metadata()
+        .get("epoch")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let pool = thread_pool(cfg.threads)?;
+    pool.install(|| {
+        let mut learner = build_learner(
+            &Config {
+                persistent_particles: false,
+                ..cfg.clone()
+            },
+            0,
+        );
+        ckpt.restore(learner.parameters_mut())?;
+        Ok((learner.evaluate(data), epoch))
+    })
+}

@@ -331,3 +331,6 @@ impl Learner for EqProp {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;

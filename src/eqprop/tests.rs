@@ -1,0 +1,255 @@
+//! EP against its definitions: the dynamics descend the energy and stop at a
+//! fixed point; one step is a projected gradient step (checked by finite
+//! differences of E); the learning rule is the contrast of dE/dtheta at the two
+//! equilibria (checked by finite differences of E in the weights).
+
+use super::dynamics::{Block, Phase, step};
+use super::learning;
+use super::network::Network;
+use crate::tensor::Matrix;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SIZES: [usize; 4] = [9, 7, 6, 10];
+
+fn setup(rows: usize, seed: u64) -> (Network, Block) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut net = Network::glorot(&SIZES, &mut rng);
+    for b in &mut net.biases {
+        for v in b.iter_mut() {
+            *v = rng.random_range(-0.2..0.2);
+        }
+    }
+    let mut block = Block::new(&SIZES, rows);
+    block.rows = rows;
+    for v in &mut block.x.data {
+        *v = rng.random_range(0.0..1.0);
+    }
+    for i in 0..rows {
+        block.target.row_mut(i)[i % 10] = 1.0;
+    }
+    for layer in &mut block.free {
+        for v in &mut layer.data {
+            *v = rng.random_range(0.1..0.9);
+        }
+    }
+    block.compute_input_drive(&net);
+    (net, block)
+}
+
+/// Layer states of example `i` with x first, as `Network::energy` takes them.
+fn example(block: &Block, states: &[Matrix], i: usize) -> Vec<Vec<f32>> {
+    let mut s = vec![block.x.row(i).to_vec()];
+    s.extend(states.iter().map(|m| m.row(i).to_vec()));
+    s
+}
+
+fn total_f(net: &Network, block: &Block, states: &[Matrix], beta: f32) -> f64 {
+    (0..block.rows)
+        .map(|i| {
+            let s = example(block, states, i);
+            let refs: Vec<&[f32]> = s.iter().map(|v| v.as_slice()).collect();
+            net.energy(&refs) + beta as f64 * Network::cost(s.last().unwrap(), block.target.row(i))
+        })
+        .sum()
+}
+
+#[test]
+fn dynamics_descend_the_energy_and_reach_a_fixed_point() {
+    for seed in 0..5 {
+        for beta in [0.0f32, 0.5, -0.5] {
+            let (net, mut block) = setup(4, seed);
+            let mut states = block.free.clone();
+            let mut drives = block.drives.clone();
+            let target = block.target.clone();
+            let nudge = (beta != 0.0).then_some((beta, &target));
+            let mut f = total_f(&net, &block, &states, beta);
+            for t in 0..60 {
+                step(
+                    &net,
+                    &block.input_drive,
+                    &mut states,
+                    &mut drives,
+                    4,
+                    0.5,
+                    nudge,
+                );
+                let f_new = total_f(&net, &block, &states, beta);
+                assert!(
+                    f_new <= f + 1e-5,
+                    "seed {seed} beta {beta} step {t}: F rose {f} -> {f_new}"
+                );
+                f = f_new;
+            }
+            for _ in 0..400 {
+                step(
+                    &net,
+                    &block.input_drive,
+                    &mut states,
+                    &mut drives,
+                    4,
+                    0.5,
+                    nudge,
+                );
+            }
+            let before = states.clone();
+            let change = step(
+                &net,
+                &block.input_drive,
+                &mut states,
+                &mut drives,
+                4,
+                0.5,
+                nudge,
+            );
+            assert!(
+                change < 1e-5,
+                "seed {seed} beta {beta}: |s - step(s)| = {change}"
+            );
+            let moved = before
+                .iter()
+                .zip(&states)
+                .flat_map(|(a, b)| a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()))
+                .fold(0.0f32, f32::max);
+            assert!((moved - change).abs() < 1e-7);
+            block.free = states;
+        }
+    }
+}
+
+#[test]
+fn one_step_is_a_projected_gradient_step_of_f() {
+    let (net, block) = setup(3, 11);
+    let (eps, beta) = (0.5f32, 0.7f32);
+    let mut states = block.free.clone();
+    let mut drives = block.drives.clone();
+    step(
+        &net,
+        &block.input_drive,
+        &mut states,
+        &mut drives,
+        3,
+        eps,
+        Some((beta, &block.target)),
+    );
+    let h = 1e-3f32;
+    for k in 0..block.free.len() {
+        for idx in 0..block.free[k].data.len() {
+            let mut plus = block.free.clone();
+            plus[k].data[idx] += h;
+            let mut minus = block.free.clone();
+            minus[k].data[idx] -= h;
+            let grad = (total_f(&net, &block, &plus, beta) - total_f(&net, &block, &minus, beta))
+                / (2.0 * h as f64);
+            let want = (block.free[k].data[idx] as f64 - eps as f64 * grad).clamp(0.0, 1.0);
+            let got = states[k].data[idx] as f64;
+            assert!(
+                (got - want).abs() < 2e-3,
+                "layer {} unit {idx}: step {got}, FD {want}",
+                k + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn learning_rule_is_the_contrast_of_energy_gradients() {
+    let rows = 5;
+    let (net0, mut block) = setup(rows, 3);
+    // Two distinct sets of states to contrast (any states: the rule is algebraic).
+    block.relax(&net0, Phase::Free, 30, 0.5, 0.0);
+    block.start_from_free(Phase::Nudged);
+    block.relax(&net0, Phase::Nudged, 5, 0.5, 0.8);
+    block.prepare_update(Phase::Nudged, Phase::Free);
+    let rates = [0.3f32, 0.2, 0.1];
+    let coef = 1.0 / 0.8;
+    let mut net = net0.clone();
+    learning::apply(
+        &mut net,
+        std::slice::from_ref(&block),
+        Phase::Nudged,
+        Phase::Free,
+        coef,
+        &rates,
+        rows,
+        2,
+    );
+
+    // d/dtheta of sum_i E(s_i) by central differences, at each set of states.
+    let energy_sum = |n: &Network, states: &[Matrix]| -> f64 {
+        (0..rows)
+            .map(|i| {
+                let s = example(&block, states, i);
+                let refs: Vec<&[f32]> = s.iter().map(|v| v.as_slice()).collect();
+                n.energy(&refs)
+            })
+            .sum()
+    };
+    let h = 1e-2f32;
+    for k in 0..net0.weights.len() {
+        let scale = rates[k] as f64 * coef as f64 / rows as f64;
+        for idx in (0..net0.weights[k].data.len()).step_by(7) {
+            let fd = |states: &[Matrix]| {
+                let (mut p, mut m) = (net0.clone(), net0.clone());
+                p.weights[k].data[idx] += h;
+                m.weights[k].data[idx] -= h;
+                (energy_sum(&p, states) - energy_sum(&m, states)) / (2.0 * h as f64)
+            };
+            let want =
+                net0.weights[k].data[idx] as f64 - scale * (fd(&block.nudged) - fd(&block.free));
+            let got = net.weights[k].data[idx] as f64;
+            assert!((got - want).abs() < 1e-4, "W{k}[{idx}]: {got} vs {want}");
+        }
+        for j in 0..net0.biases[k].len() {
+            let fd = |states: &[Matrix]| {
+                let (mut p, mut m) = (net0.clone(), net0.clone());
+                p.biases[k][j] += h;
+                m.biases[k][j] -= h;
+                (energy_sum(&p, states) - energy_sum(&m, states)) / (2.0 * h as f64)
+            };
+            let want = net0.biases[k][j] as f64 - scale * (fd(&block.nudged) - fd(&block.free));
+            let got = net.biases[k][j] as f64;
+            assert!(
+                (got - want).abs() < 1e-4,
+                "b{}[{j}]: {got} vs {want}",
+                k + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn splitting_the_update_across_threads_changes_nothing() {
+    let (net0, mut block) = setup(6, 5);
+    block.relax(&net0, Phase::Free, 20, 0.5, 0.0);
+    block.start_from_free(Phase::Nudged);
+    block.relax(&net0, Phase::Nudged, 4, 0.5, 1.0);
+    block.prepare_update(Phase::Nudged, Phase::Free);
+    let rates = [0.1f32, 0.1, 0.1];
+    let mut results = Vec::new();
+    for parts in [1, 2, 3] {
+        let mut net = net0.clone();
+        learning::apply(
+            &mut net,
+            std::slice::from_ref(&block),
+            Phase::Nudged,
+            Phase::Free,
+            1.0,
+            &rates,
+            6,
+            parts,
+        );
+        results.push(net);
+    }
+    for r in &results[1..] {
+        for (a, b) in r.weights.iter().zip(&results[0].weights) {
+            let d = a
+                .data
+                .iter()
+                .zip(&b.data)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-6, "{d}");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The binary as a user runs it: training, determinism, resume, eval, and
+//! every kind of bad input ending in one plain line (never a panic).
+
+use assert_cmd::Command;
+use std::path::Path;
+
+fn plasticity() -> Command {
+    Command::cargo_bin("plasticity").unwrap()
+}
+
+/// A smoke run on real MNIST: 300 training and 200 validation/test examples.
+fn smoke(out: &Path, extra: &[&str]) -> std::process::Output {
+    plasticity()
+        .args(["train", "--limit", "300", "--eval-limit", "200"])
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for key in [
+                "epoch_seconds",
+                "train_seconds",
+                "examples_per_second",
+                "train_gflops",
+            ] {
+                v.as_object_mut().unwrap().remove(key);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Runs the binary, expects failure with one plain `error:` line containing `needle`.
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("run directory") && !l.starts_with("EP "))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
+}
+
+#[test]
+fn training_writes_a_run_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in [&a, &b] {
+        let out = smoke(dir, &["--epochs", "2", "--threads", "2", "--seed", "7"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "run_state.safetensors",
+        "learning_curve.png",
+    ] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    assert_eq!(ma.len(), 2);
+    assert_eq!(ma, mb, "same seed and threads must give identical metrics");
+    for m in &ma {
+        for key in ["train_error", "val_error", "test_error"] {
+            let e = m[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&e), "{key} = {e}");
+        }
+        assert!(m["train_cost"].as_f64().unwrap() > 0.0);
+    }
+    // 300 examples already teach the network something: far below chance (90%).
+    assert!(ma[1]["val_error"].as_f64().unwrap() < 0.5, "{:?}", ma[1]);
+    // A different seed gives a different run.
+    let c = tmp.path().join("c");
+    assert!(
+        smoke(&c, &["--epochs", "2", "--threads", "2", "--seed", "8"])
+            .status
+            .success()
+    );
+    assert_ne!(metrics(&c), ma);
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, resumed) = (tmp.path().join("s"), tmp.path().join("r"));
+    assert!(smoke(&straight, &["--epochs", "3"]).status.success());
+    assert!(smoke(&resumed, &["--epochs", "1"]).status.success());
+    let out = plasticity()
+        .args(["train", "--resume", "--epochs", "3", "--out"])
+        .arg(&resumed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(metrics(&straight), metrics(&resumed));
+    let w1 = std::fs::read(straight.join("checkpoint.safetensors")).unwrap();
+    let w2 = std::fs::read(resumed.join("checkpoint.safetensors")).unwrap();
+    let (t1, t2) = (
+        safetensors::SafeTensors::deserialize(&w1).unwrap(),
+        safetensors::SafeTensors::deserialize(&w2).unwrap(),
+    );
+    for name in ["W0", "W1", "b1", "b2"] {
+        assert_eq!(
+            t1.tensor(name).unwrap().data(),
+            t2.tensor(name).unwrap().data(),
+            "resumed {name} must be bit-identical"
+        );
+    }
+    // Starting over on top of a run needs --force.
+    fails_with(
+        plasticity()
+            .args(["train", "--limit", "100", "--out"])
+            .arg(&straight),
+        "already holds a run",
+    );
+}
+
+#[test]
+fn eval_scores_a_checkpoint_as_training_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = plasticity()
+        .args(["train", "--limit", "300", "--epochs", "1", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trained = &metrics(&run)[0];
+    for (split, key) in [("val", "val_error"), ("test", "test_error")] {
+        let out = plasticity()
+            .args(["eval", "--split", split, "--run"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["examples"], 10000);
+        assert_eq!(v["epoch"], 1);
+        assert_eq!(
+            v["error"], trained[key],
+            "eval of {split} must match training's"
+        );
+    }
+}
+
+#[test]
+fn presets_and_help() {
+    let out = plasticity().arg("presets").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in ["eqprop-mnist-1h", "eqprop-mnist-2h", "eqprop-mnist-3h"] {
+        assert!(text.contains(p));
+    }
+    let help = plasticity().args(["train", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--resume"));
+}
+
+#[test]
+fn bad_presets_configs_and_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    fails_with(
+        plasticity().args(["train", "--preset", "nope"]),
+        "unknown preset `nope`",
+    );
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "betta = 1.0\n").unwrap();
+    fails_with(
+        plasticity()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "unknown config key `betta`",
+    );
+    std::fs::write(&cfg, "epochs = \"ten\"\n").unwrap();
+    fails_with(
+        plasticity()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "`epochs`",
+    );
+    std::fs::write(&cfg, "epochs = [\n").unwrap();
+    fails_with(
+        plasticity()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "not valid TOML",
+    );
+    fails_with(
+        plasticity()
+            .args(["train", "--config"])
+            .arg(tmp.path().join("missing.toml")),
+        "cannot read config file",
+    );
+    fails_with(plasticity().args(["train", "--device", "cuda"]), "CPU only");
+}
+
+#[test]
+fn bad_data_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("o");
+    let train = |d: &Path| {
+        let mut c = plasticity();
+        c.args(["train", "--epochs", "1", "--data"])
+            .arg(d)
+            .arg("--out")
+            .arg(&out);
+        c
+    };
+    fails_with(&mut train(&tmp.path().join("nowhere")), "does not exist");
+    plasticity::data::write_synthetic(&data, 120, 30, 28, 1);
+    // A working synthetic directory trains.
+    let ok = train(&data).arg("--force").output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::remove_file(data.join("t10k-labels-idx1-ubyte")).unwrap();
+    fails_with(
+        &mut train(&data),
+        "t10k-labels-idx1-ubyte (or t10k-labels-idx1-ubyte.gz) not found",
+    );
+    plasticity::data::write_synthetic(&data, 120, 30, 28, 1);
+    // Truncated image file.
+    let path = data.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    fails_with(&mut train(&data), "truncated");
+    // Wrong magic number.
+    let mut bad = bytes.clone();
+    bad[2] = 0x0b;
+    std::fs::write(&path, &bad).unwrap();
+    fails_with(&mut train(&data), "magic");
+    // A corrupt gzip file.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(
+        data.join("train-images-idx3-ubyte.gz"),
+        [0x1f, 0x8b, 8, 0, 1, 2, 3],
+    )
+    .unwrap();
+    fails_with(&mut train(&data), "corrupt");
+    // A checksum mismatch.
+    std::fs::remove_file(data.join("train-images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(
+        data.join("SHA256SUMS"),
+        format!("{}  train-images-idx3-ubyte\n", "0".repeat(64)),
+    )
+    .unwrap();
+    fails_with(&mut train(&data), "fails its checksum");
+    std::fs::remove_file(data.join("SHA256SUMS")).unwrap();
+    // Image/label count mismatch.
+    std::fs::write(
+        data.join("train-labels-idx1-ubyte"),
+        plasticity::data::idx::encode(&[119], &[0; 119]),
+    )
+    .unwrap();
+    fails_with(&mut train(&data), "120 images but 119 labels");
+    // Images of another size than the input layer.
+    plasticity::data::write_synthetic(&data, 120, 30, 10, 1);
+    fails_with(&mut train(&data), "100 pixels per image");
+}
+
+#[test]
+fn unwritable_output_and_foreign_checkpoints_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    fails_with(
+        plasticity()
+            .args(["train", "--limit", "100", "--out"])
+            .arg(file.join("run")),
+        "cannot write to run directory",
+    );
+    // A checkpoint from a 784-500-10 net, read as a 784-300-10 net.
+    let run = tmp.path().join("run");
+    assert!(smoke(&run, &["--epochs", "1"]).status.success());
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    std::fs::write(
+        run.join("config.toml"),
+        cfg.replace("784,\n    500,", "784,\n    300,")
+            .replace("[784, 500, 10]", "[784, 300, 10]"),
+    )
+    .unwrap();
+    fails_with(
+        plasticity().args(["eval", "--run"]).arg(&run),
+        "another architecture",
+    );
+    fails_with(
+        plasticity().args(["train", "--resume", "--out"]).arg(&run),
+        "another architecture",
+    );
+    fails_with(
+        plasticity().args(["eval", "--run"]).arg(tmp.path()),
+        "run directory made by `plasticity train`",
+    );
+    fails_with(
+        plasticity().args(["train", "--resume"]),
+        "--resume needs --out",
+    );
+}
+
+#[test]
+fn divergence_stops_with_epoch_and_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "learning_rates = [1e38, 1e38]\nbeta = 1e-3\n").unwrap();
+    let mut cmd = plasticity();
+    cmd.args(["train", "--limit", "200", "--eval-limit", "100", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("o"));
+    fails_with(&mut cmd, "training diverged in epoch 1");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("layer W") || stderr.contains("layer b"),
+        "{stderr}"
+    );
+}

@@ -190,7 +190,7 @@ pub fn epoch(cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<R
         examples.min(n_full)
     };
     let n_eval = splits.val.len() + splits.test.len();
-    let mut learner = build_learner(cfg, n_full);
+    let mut learner = build_learner(cfg, [n_full, splits.val.len(), splits.test.len()]);
     let (train_flops, eval_flops) = learner.flops_per_example();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let order: Vec<usize> = (0..n).collect();

@@ -38,6 +38,11 @@ pub struct Config {
     pub nudging: Nudging,
     /// Each training example keeps its free-phase state between epochs.
     pub persistent_particles: bool,
+    /// Also score validation and test with per-example states carried from one
+    /// epoch's evaluation to the next (as the paper's code measures); the
+    /// from-rest errors are reported either way.
+    #[serde(default)]
+    pub eval_warm: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -86,6 +91,7 @@ pub fn preset(name: &str) -> Result<Config> {
         learning_rates: rates,
         nudging: Nudging::RandomSign,
         persistent_particles: true,
+        eval_warm: true,
         epochs,
         batch_size: 20,
         seed: 1,

@@ -269,8 +269,12 @@ impl Progress for Bar {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+        let warm = match (m.val_error_warm, m.test_error_warm) {
+            (Some(v), Some(t)) => format!("  (warm: val {:.2}% test {:.2}%)", 100.0 * v, 100.0 * t),
+            _ => String::new(),
+        };
         println!(
-            "epoch {:>3}/{}  train {:6.2}%  val {:6.2}%  test {:6.2}%  cost {:.4}  {:6.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
+            "epoch {:>3}/{}  train {:6.2}%  val {:6.2}%  test {:6.2}%{warm}  cost {:.4}  {:.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
             m.epoch,
             self.epochs,
             100.0 * m.train_error,
@@ -319,7 +323,9 @@ fn presets_cmd() -> Result<()> {
         );
     }
     println!(
-        "\nall: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init, no shuffling"
+        "\nall: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init, no shuffling.\n\
+         Validation and test are scored from rest and, as the paper's code does, warm\n\
+         (each example's free phase starting from its fixed point of the previous epoch)."
     );
     Ok(())
 }

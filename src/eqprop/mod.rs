@@ -15,7 +15,7 @@ pub use network::Network;
 use crate::config::{Config, Nudging};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::tensor::{Matrix, row_ranges};
+use crate::tensor::{Matrix, row_range};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -56,19 +56,40 @@ pub struct EqProp {
     eval_blocks: Vec<Block>,
     /// `particles[k - 1]` holds layer k's free state of every training example.
     particles: Vec<Matrix>,
+    /// With `eval_warm`: the same for the validation (0) and test (1) examples,
+    /// carried from one evaluation to the next (the paper's code does this).
+    warm: Vec<Vec<Matrix>>,
     /// Largest state change in the last step of the last free phase (all blocks).
     pub last_free_change: f32,
 }
 
 impl EqProp {
-    /// A Glorot-initialised network for `cfg`, ready to train on `n_train` examples.
-    pub fn new(cfg: &Config, n_train: usize) -> Self {
+    /// A Glorot-initialised network for `cfg`; `counts` are the numbers of
+    /// training, validation and test examples (for the particles).
+    pub fn new(cfg: &Config, counts: [usize; 3]) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let net = Network::glorot(&cfg.layers, &mut rng);
-        Self::from_network(net, Settings::from_config(cfg), cfg, n_train)
+        Self::from_network(net, Settings::from_config(cfg), cfg, counts)
     }
 
-    pub fn from_network(net: Network, settings: Settings, cfg: &Config, n_train: usize) -> Self {
+    pub fn from_network(
+        net: Network,
+        settings: Settings,
+        cfg: &Config,
+        counts: [usize; 3],
+    ) -> Self {
+        let n_train = counts[0];
+        let states = |n: usize| -> Vec<Matrix> {
+            net.sizes[1..]
+                .iter()
+                .map(|&w| Matrix::zeros(n, w))
+                .collect()
+        };
+        let warm = if cfg.eval_warm {
+            vec![states(counts[1]), states(counts[2])]
+        } else {
+            Vec::new()
+        };
         let threads = cfg.threads.max(1);
         let cap = cfg.batch_size.div_ceil(threads).max(1);
         let blocks = (0..threads).map(|_| Block::new(&net.sizes, cap)).collect();
@@ -89,8 +110,51 @@ impl EqProp {
             blocks,
             eval_blocks,
             particles,
+            warm,
             last_free_change: 0.0,
         }
+    }
+}
+
+impl EqProp {
+    /// Free phase on every example of `data`, from rest or (with `warm`) from
+    /// that split's particles, which then keep the new fixed points.
+    fn relax_all(&mut self, data: &Dataset, warm: Option<usize>) -> Stats {
+        let s = &self.settings;
+        let net = &self.net;
+        let per_round = self.eval_blocks.len() * self.eval_blocks[0].cap;
+        let mut stats = Stats::default();
+        let mut start = 0;
+        while start < data.len() {
+            let end = (start + per_round).min(data.len());
+            let parts = self.eval_blocks.len();
+            let particles: &[Matrix] = warm.map_or(&[], |w| &self.warm[w]);
+            self.eval_blocks
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(p, b)| {
+                    let (r0, r1) = row_range(end - start, parts, p);
+                    b.load(data, start + r0..start + r1, particles);
+                    b.compute_input_drive(net);
+                    b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
+                    b.score_free();
+                });
+            for (part, b) in self.eval_blocks.iter().enumerate() {
+                let r0 = row_range(end - start, parts, part).0;
+                stats.examples += b.rows;
+                stats.errors += b.errors;
+                stats.cost += b.cost;
+                if let Some(w) = warm {
+                    for (k, p) in self.warm[w].iter_mut().enumerate() {
+                        for i in 0..b.rows {
+                            p.row_mut(start + r0 + i).copy_from_slice(b.free[k].row(i));
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        stats
     }
 }
 
@@ -130,31 +194,27 @@ impl Learner for EqProp {
             _ => s.beta,
         };
         let symmetric = s.nudging == Nudging::Symmetric;
-        let ranges = row_ranges(indices.len(), self.blocks.len());
-        for b in &mut self.blocks {
-            b.rows = 0;
-        }
+        let parts = self.blocks.len();
         let (net, particles) = (&self.net, &self.particles);
-        self.blocks
-            .par_iter_mut()
-            .zip(ranges.par_iter())
-            .for_each(|(b, &(r0, r1))| {
-                b.load(data, indices[r0..r1].iter().copied(), particles);
-                b.compute_input_drive(net);
-                b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
-                b.score_free();
-                b.start_from_free(Phase::Nudged);
-                b.relax(net, Phase::Nudged, s.nudged_steps, s.epsilon, beta);
-                if symmetric {
-                    b.start_from_free(Phase::NudgedNeg);
-                    b.relax(net, Phase::NudgedNeg, s.nudged_steps, s.epsilon, -beta);
-                    b.prepare_update(Phase::Nudged, Phase::NudgedNeg);
-                } else {
-                    b.prepare_update(Phase::Nudged, Phase::Free);
-                }
-            });
+        self.blocks.par_iter_mut().enumerate().for_each(|(p, b)| {
+            let (r0, r1) = row_range(indices.len(), parts, p);
+            b.load(data, indices[r0..r1].iter().copied(), particles);
+            b.compute_input_drive(net);
+            b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
+            b.score_free();
+            b.start_from_free(Phase::Nudged);
+            b.relax(net, Phase::Nudged, s.nudged_steps, s.epsilon, beta);
+            if symmetric {
+                b.start_from_free(Phase::NudgedNeg);
+                b.relax(net, Phase::NudgedNeg, s.nudged_steps, s.epsilon, -beta);
+                b.prepare_update(Phase::Nudged, Phase::NudgedNeg);
+            } else {
+                b.prepare_update(Phase::Nudged, Phase::Free);
+            }
+        });
         // Persistent particles: each example keeps its free fixed point.
-        for (b, &(r0, _)) in self.blocks.iter().zip(&ranges) {
+        for (part, b) in self.blocks.iter().enumerate() {
+            let r0 = row_range(indices.len(), parts, part).0;
             for (k, p) in self.particles.iter_mut().enumerate() {
                 for i in 0..b.rows {
                     p.row_mut(indices[r0 + i]).copy_from_slice(b.free[k].row(i));
@@ -166,7 +226,6 @@ impl Learner for EqProp {
         } else {
             (Phase::Nudged, Phase::Free, 1.0 / beta)
         };
-        let parts = self.blocks.len();
         learning::apply(
             &mut self.net,
             &self.blocks,
@@ -190,34 +249,11 @@ impl Learner for EqProp {
     }
 
     fn evaluate(&mut self, data: &Dataset) -> Stats {
-        let s = &self.settings;
-        let net = &self.net;
-        let per_round = self.eval_blocks.len() * self.eval_blocks[0].cap;
-        let mut stats = Stats::default();
-        let mut start = 0;
-        while start < data.len() {
-            let end = (start + per_round).min(data.len());
-            let ranges = row_ranges(end - start, self.eval_blocks.len());
-            for b in &mut self.eval_blocks {
-                b.rows = 0;
-            }
-            self.eval_blocks
-                .par_iter_mut()
-                .zip(ranges.par_iter())
-                .for_each(|(b, &(r0, r1))| {
-                    b.load(data, start + r0..start + r1, &[]);
-                    b.compute_input_drive(net);
-                    b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
-                    b.score_free();
-                });
-            for b in self.eval_blocks.iter().filter(|b| b.rows > 0) {
-                stats.examples += b.rows;
-                stats.errors += b.errors;
-                stats.cost += b.cost;
-            }
-            start = end;
-        }
-        stats
+        self.relax_all(data, None)
+    }
+
+    fn evaluate_warm(&mut self, data: &Dataset, split: usize) -> Option<Stats> {
+        (split < self.warm.len()).then(|| self.relax_all(data, Some(split)))
     }
 
     fn parameters(&self) -> Vec<NamedTensor<'_>> {

@@ -190,12 +190,11 @@ impl<'a> ViewMut<'a> {
     }
 }
 
-/// Splits `m`'s rows into `parts` contiguous, nearly equal ranges.
-pub fn row_ranges(rows: usize, parts: usize) -> Vec<(usize, usize)> {
-    let parts = parts.max(1).min(rows.max(1));
-    (0..parts)
-        .map(|p| (rows * p / parts, rows * (p + 1) / parts))
-        .collect()
+/// Part `p` of `rows` rows split into `parts` contiguous, nearly equal ranges
+/// (computed, not collected: the hot loop allocates nothing).
+pub fn row_range(rows: usize, parts: usize, p: usize) -> (usize, usize) {
+    let parts = parts.max(1);
+    (rows * p / parts, rows * (p + 1) / parts)
 }
 
 /// C = alpha * op(A) op(B) (+ C if `accumulate`).
@@ -347,11 +346,10 @@ mod tests {
     fn row_ranges_cover_exactly() {
         for rows in 0..50 {
             for parts in 1..5 {
-                let rr = row_ranges(rows, parts);
-                assert_eq!(rr.first().unwrap().0, 0);
-                assert_eq!(rr.last().unwrap().1, rows);
-                for w in rr.windows(2) {
-                    assert_eq!(w[0].1, w[1].0);
+                assert_eq!(row_range(rows, parts, 0).0, 0);
+                assert_eq!(row_range(rows, parts, parts - 1).1, rows);
+                for p in 1..parts {
+                    assert_eq!(row_range(rows, parts, p - 1).1, row_range(rows, parts, p).0);
                 }
             }
         }

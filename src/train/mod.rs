@@ -68,6 +68,11 @@ pub trait Learner {
     fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats;
     /// Scores every example of `data`; learns nothing.
     fn evaluate(&mut self, data: &Dataset) -> Stats;
+    /// Scores split `split` (0 validation, 1 test) starting from state carried
+    /// over from its last evaluation, for learners configured to keep one.
+    fn evaluate_warm(&mut self, _data: &Dataset, _split: usize) -> Option<Stats> {
+        None
+    }
     /// The parameters, by name (the checkpoint).
     fn parameters(&self) -> Vec<NamedTensor<'_>>;
     fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>>;
@@ -98,6 +103,10 @@ pub struct EpochMetrics {
     pub train_cost: f64,
     pub val_cost: f64,
     pub test_cost: f64,
+    /// With `eval_warm`: errors when each example's free phase starts from its
+    /// fixed point of the previous epoch (the protocol of the paper's code).
+    pub val_error_warm: Option<f64>,
+    pub test_error_warm: Option<f64>,
     /// Largest state change in the last free step of the epoch's last batch
     /// (how far from a fixed point the free phase stopped), for learners that relax.
     pub free_phase_residual: Option<f64>,
@@ -174,8 +183,9 @@ pub fn load_data(cfg: &Config) -> Result<Splits> {
 }
 
 /// The learner a config describes.
-pub fn build_learner(cfg: &Config, n_train: usize) -> Box<dyn Learner + Send> {
-    Box::new(EqProp::new(cfg, n_train))
+/// `counts`: training, validation and test examples.
+pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Box<dyn Learner + Send> {
+    Box::new(EqProp::new(cfg, counts))
 }
 
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -198,7 +208,8 @@ pub fn train(
     let splits = load_data(cfg)?;
     let pool = thread_pool(cfg.threads)?;
     pool.install(|| {
-        let mut learner = build_learner(cfg, splits.train.len());
+        let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
+        let mut learner = build_learner(cfg, counts);
         let history = if resume {
             resume_from(dir, learner.as_mut())?
         } else {
@@ -310,6 +321,8 @@ fn run_epochs(
         let val = learner.evaluate(&splits.val);
         progress.evaluating("test");
         let test = learner.evaluate(&splits.test);
+        let val_warm = learner.evaluate_warm(&splits.val, 0);
+        let test_warm = learner.evaluate_warm(&splits.test, 1);
         let m = EpochMetrics {
             epoch,
             train_error: train.error_rate(),
@@ -318,6 +331,8 @@ fn run_epochs(
             train_cost: train.mean_cost(),
             val_cost: val.mean_cost(),
             test_cost: test.mean_cost(),
+            val_error_warm: val_warm.map(|s| s.error_rate()),
+            test_error_warm: test_warm.map(|s| s.error_rate()),
             free_phase_residual: learner.free_phase_residual(),
             epoch_seconds: t0.elapsed().as_secs_f64(),
             train_seconds,
@@ -392,9 +407,10 @@ pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(
         let mut learner = build_learner(
             &Config {
                 persistent_particles: false,
+                eval_warm: false,
                 ..cfg.clone()
             },
-            0,
+            [0, 0, 0],
         );
         ckpt.restore(learner.parameters_mut())?;
         Ok((learner.evaluate(data), epoch))

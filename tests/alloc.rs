@@ -3,7 +3,7 @@
 
 use plasticity::config;
 use plasticity::data;
-use plasticity::train::{Learner, build_learner};
+use plasticity::train::build_learner;
 use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -119,13 +119,21 @@ fn resume_continues_exactly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(metrics(&straight), metrics(&resumed));
-    let w1 = std::fs::read(straight.join("checkpoint.safetensors")).unwrap();
-    let w2 = std::fs::read(resumed.join("checkpoint.safetensors")).unwrap();
+    // Weights, training particles and the warm-evaluation particles: all bit-identical.
+    let w1 = std::fs::read(straight.join("run_state.safetensors")).unwrap();
+    let w2 = std::fs::read(resumed.join("run_state.safetensors")).unwrap();
     let (t1, t2) = (
         safetensors::SafeTensors::deserialize(&w1).unwrap(),
         safetensors::SafeTensors::deserialize(&w2).unwrap(),
     );
-    for name in ["W0", "W1", "b1", "b2"] {
+    let mut names = t1.names();
+    names.sort();
+    assert!(
+        names.contains(&"val_particles.s1") && names.contains(&"particles.s2"),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), t2.names().len());
+    for name in names {
         assert_eq!(
             t1.tensor(name).unwrap().data(),
             t2.tensor(name).unwrap().data(),

@@ -116,7 +116,16 @@ impl EqProp {
     }
 }
 
+/// Checkpoint names of the warm-evaluation particle sets.
+const WARM_NAMES: [&str; 2] = ["val_particles", "test_particles"];
+
 impl EqProp {
+    /// The per-example state sets, named: training particles, then warm ones.
+    fn particle_sets(&self) -> impl Iterator<Item = (&'static str, &Vec<Matrix>)> {
+        std::iter::once(("particles", &self.particles))
+            .chain(WARM_NAMES.into_iter().zip(&self.warm))
+    }
+
     /// Free phase on every example of `data`, from rest or (with `warm`) from
     /// that split's particles, which then keep the new fixed points.
     fn relax_all(&mut self, data: &Dataset, warm: Option<usize>) -> Stats {
@@ -288,31 +297,25 @@ impl Learner for EqProp {
     }
 
     fn run_state(&self) -> Vec<NamedTensor<'_>> {
-        self.particles
-            .iter()
-            .enumerate()
-            .map(|(k, p)| {
-                NamedTensor::new(
-                    format!("particles.s{}", k + 1),
-                    vec![p.rows, p.cols],
-                    &p.data,
-                )
+        self.particle_sets()
+            .flat_map(|(name, set)| {
+                set.iter().enumerate().map(move |(k, p)| {
+                    NamedTensor::new(format!("{name}.s{}", k + 1), vec![p.rows, p.cols], &p.data)
+                })
             })
             .collect()
     }
 
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
-        self.particles
-            .iter_mut()
-            .enumerate()
-            .map(|(k, p)| {
-                NamedTensorMut::new(
-                    format!("particles.s{}", k + 1),
-                    vec![p.rows, p.cols],
-                    &mut p.data,
-                )
+        let sets = std::iter::once(("particles", &mut self.particles))
+            .chain(WARM_NAMES.into_iter().zip(&mut self.warm));
+        sets.flat_map(|(name, set)| {
+            set.iter_mut().enumerate().map(move |(k, p)| {
+                let shape = vec![p.rows, p.cols];
+                NamedTensorMut::new(format!("{name}.s{}", k + 1), shape, &mut p.data)
             })
-            .collect()
+        })
+        .collect()
     }
 
     fn check_finite(&self, epoch: usize) -> Result<()> {

@@ -58,8 +58,8 @@ impl Network {
                 if a == 0.0 {
                     continue;
                 }
-                for j in 0..w.cols {
-                    e -= a * w.data[i * w.cols + j] as f64 * rho(s[k + 1][j]);
+                for (&wij, &sj) in w.row(i).iter().zip(s[k + 1]) {
+                    e -= a * wij as f64 * rho(sj);
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! fixed point; one step is a projected gradient step (checked by finite
 //! differences of E); the learning rule is the contrast of dE/dtheta at the two
 //! equilibria (checked by finite differences of E in the weights).
+#![allow(clippy::needless_range_loop)]
 
 use super::dynamics::{Block, Phase, step};
 use super::learning;

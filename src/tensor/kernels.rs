@@ -6,13 +6,7 @@
 /// clip(v, 0, 1), keeping NaN (so divergence is detected, not hidden).
 #[inline(always)]
 pub fn clip01(v: f32) -> f32 {
-    if v < 0.0 {
-        0.0
-    } else if v > 1.0 {
-        1.0
-    } else {
-        v
-    }
+    v.clamp(0.0, 1.0)
 }
 
 /// One relaxation step of one layer, fused:

@@ -5,6 +5,7 @@
 //! (`eqprop`), learners call the matrix layer (`tensor`); `tensor` and `data`
 //! know no model.
 
+pub mod backprop;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -310,22 +310,30 @@ fn presets_cmd() -> Result<()> {
     for name in config::PRESETS {
         let c = config::preset(name)?;
         let layers: Vec<String> = c.layers.iter().map(|n| n.to_string()).collect();
+        let ep = |v: String| {
+            if c.algorithm == config::Algorithm::Eqprop {
+                v
+            } else {
+                "-".into()
+            }
+        };
         println!(
             "{:<18} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} {:?}",
             name,
             layers.join("-"),
-            c.free_steps,
-            c.nudged_steps,
-            c.beta,
+            ep(c.free_steps.to_string()),
+            ep(c.nudged_steps.to_string()),
+            ep(c.beta.to_string()),
             c.epochs,
             c.batch_size,
             c.learning_rates
         );
     }
     println!(
-        "\nall: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init, no shuffling.\n\
-         Validation and test are scored from rest and, as the paper's code does, warm\n\
-         (each example's free phase starting from its fixed point of the previous epoch)."
+        "\neqprop-*: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init,\n\
+         no shuffling. Validation and test are scored from rest and, as the paper's code does, warm\n\
+         (each example's free phase starting from its fixed point of the previous epoch).\n\
+         backprop-*: the same layers, hard-sigmoid units, cost and epochs, trained by backprop and SGD."
     );
     Ok(())
 }

@@ -182,10 +182,47 @@ fn eval_scores_a_checkpoint_as_training_did() {
 }
 
 #[test]
+fn backprop_baseline_trains_through_the_same_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("bp");
+    let out = plasticity()
+        .args([
+            "train",
+            "--preset",
+            "backprop-mnist-1h",
+            "--limit",
+            "2000",
+            "--eval-limit",
+            "500",
+        ])
+        .args(["--epochs", "2", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = metrics(&run);
+    let val: Vec<f64> = m.iter().map(|e| e["val_error"].as_f64().unwrap()).collect();
+    // Learning: below chance (90%) and better in the second epoch than the first.
+    assert!(val[1] < 0.7 && val[1] < val[0], "{val:?}");
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("algorithm = \"backprop\""), "{cfg}");
+}
+
+#[test]
 fn presets_and_help() {
     let out = plasticity().arg("presets").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for p in ["eqprop-mnist-1h", "eqprop-mnist-2h", "eqprop-mnist-3h"] {
+    for p in [
+        "eqprop-mnist-1h",
+        "eqprop-mnist-2h",
+        "eqprop-mnist-3h",
+        "backprop-mnist-1h",
+        "backprop-mnist-2h",
+    ] {
         assert!(text.contains(p));
     }
     let help = plasticity().args(["train", "--help"]).output().unwrap();

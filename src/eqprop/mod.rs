@@ -266,34 +266,11 @@ impl Learner for EqProp {
     }
 
     fn parameters(&self) -> Vec<NamedTensor<'_>> {
-        let mut out = Vec::new();
-        for (k, w) in self.net.weights.iter().enumerate() {
-            out.push(NamedTensor::new(
-                format!("W{k}"),
-                vec![w.rows, w.cols],
-                &w.data,
-            ));
-        }
-        for (k, b) in self.net.biases.iter().enumerate() {
-            out.push(NamedTensor::new(format!("b{}", k + 1), vec![b.len()], b));
-        }
-        out
+        crate::backprop::network_tensors(&self.net)
     }
 
     fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
-        let mut out = Vec::new();
-        for (k, w) in self.net.weights.iter_mut().enumerate() {
-            out.push(NamedTensorMut::new(
-                format!("W{k}"),
-                vec![w.rows, w.cols],
-                &mut w.data,
-            ));
-        }
-        for (k, b) in self.net.biases.iter_mut().enumerate() {
-            let n = b.len();
-            out.push(NamedTensorMut::new(format!("b{}", k + 1), vec![n], b));
-        }
-        out
+        crate::backprop::network_tensors_mut(&mut self.net)
     }
 
     fn run_state(&self) -> Vec<NamedTensor<'_>> {

@@ -6,7 +6,7 @@
 
 pub mod checkpoint;
 
-use crate::config::Config;
+use crate::config::{Algorithm, Config};
 use crate::data::{self, Dataset, Splits};
 use crate::eqprop::EqProp;
 use crate::error::{Error, Result};
@@ -185,7 +185,10 @@ pub fn load_data(cfg: &Config) -> Result<Splits> {
 /// The learner a config describes.
 /// `counts`: training, validation and test examples.
 pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Box<dyn Learner + Send> {
-    Box::new(EqProp::new(cfg, counts))
+    match cfg.algorithm {
+        Algorithm::Eqprop => Box::new(EqProp::new(cfg, counts)),
+        Algorithm::Backprop => Box::new(crate::backprop::Backprop::new(cfg)),
+    }
 }
 
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {

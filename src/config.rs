@@ -29,6 +29,19 @@ pub enum Algorithm {
     Backprop,
 }
 
+/// When EP's weight update is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NudgedUpdate {
+    /// Once, from the two equilibria (the paper).
+    #[default]
+    End,
+    /// Step by step during the nudged phase: after each step t the weights change
+    /// by the increment of rho_i rho_j, (alpha/beta)(s^{t+1} s^{t+1} - s^t s^t), the
+    /// symmetrized STDP-like rule d(rho_i rho_j)/dt integrated as it happens.
+    Continuous,
+}
+
 /// Everything that determines a run. `config.toml` in a run directory holds it in full.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +63,8 @@ pub struct Config {
     /// One learning rate per weight matrix W_k (the bias of layer k+1 shares it).
     pub learning_rates: Vec<f32>,
     pub nudging: Nudging,
+    #[serde(default)]
+    pub nudged_update: NudgedUpdate,
     /// Each training example keeps its free-phase state between epochs.
     pub persistent_particles: bool,
     /// Also score validation and test with per-example states carried from one
@@ -116,6 +131,7 @@ pub fn preset(name: &str) -> Result<Config> {
         beta,
         learning_rates: rates,
         nudging: Nudging::RandomSign,
+        nudged_update: NudgedUpdate::End,
         persistent_particles: true,
         eval_warm: true,
         epochs,
@@ -268,6 +284,9 @@ impl Config {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
+        }
+        if self.nudging == Nudging::Symmetric && self.nudged_update == NudgedUpdate::Continuous {
+            return bad("nudged_update = \"continuous\" works with one nudged phase; use nudging = \"random-sign\" or \"positive\"".into());
         }
         if self.threads > 256 {
             return bad(format!("threads = {} is more than 256", self.threads));

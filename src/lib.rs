@@ -12,6 +12,7 @@ pub mod data;
 pub mod eqprop;
 pub mod error;
 pub mod plot;
+pub mod spiking;
 pub mod tensor;
 pub mod train;
 

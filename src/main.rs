@@ -40,6 +40,21 @@ enum Command {
     },
     /// List the presets and their hyperparameters.
     Presets,
+    /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
+    /// spike trains on three post-synaptic membranes; writes CSV, JSON and PNGs.
+    Stdp {
+        /// Output directory.
+        #[arg(long, default_value = "results/stdp")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Experiments of 60 pairings averaged per point.
+        #[arg(long, default_value_t = 50)]
+        experiments: usize,
+        /// Seconds simulated for the random-train experiment.
+        #[arg(long, default_value_t = 400.0)]
+        seconds: f64,
+    },
     /// Measure the machine's fp32 peak, the hot kernels and a training epoch.
     Bench {
         /// Preset whose epoch to time (may be given several times).
@@ -115,6 +130,12 @@ fn main() -> ExitCode {
             threads,
         }) => eval_cmd(&run, &split, threads),
         Some(Command::Presets) => presets_cmd(),
+        Some(Command::Stdp {
+            out,
+            seed,
+            experiments,
+            seconds,
+        }) => stdp_cmd(&out, seed, experiments, seconds),
         Some(Command::Bench {
             preset,
             examples,
@@ -299,6 +320,67 @@ fn eval_cmd(run: &std::path::Path, split: &str, threads: Option<usize>) -> Resul
         "cost": stats.mean_cost(),
     });
     println!("{out}");
+    Ok(())
+}
+
+fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) -> Result<()> {
+    use plasticity::spiking::stdp;
+    let settings = stdp::Settings {
+        experiments,
+        random_seconds: seconds,
+        ..Default::default()
+    };
+    eprintln!(
+        "simulating {} models, pairing protocol and random trains...",
+        stdp::models().len()
+    );
+    let r = stdp::run(&settings, seed, out)?;
+    let pairing: Vec<&stdp::Window> = r
+        .windows
+        .iter()
+        .filter(|w| w.protocol == "pairing")
+        .collect();
+    println!("pairing protocol: mean weight change per pairing (dV/dt at the pre spike, mV/ms)");
+    print!("{:>8}", "dt (ms)");
+    for (i, _) in pairing.iter().enumerate() {
+        print!("  {:>16}", format!("model {}", i + 1));
+    }
+    println!();
+    for k in 0..pairing[0].points.len() {
+        let dt = pairing[0].points[k].dt_ms;
+        if dt.abs() > 40.0 && (dt as i64) % 20 != 0 {
+            continue;
+        }
+        print!("{dt:>8.0}");
+        for w in &pairing {
+            let p = &w.points[k];
+            print!("  {:>8.4} ± {:.4}", p.dw, p.sem);
+        }
+        println!();
+    }
+    println!(
+        "\nfits: dW = A+ exp(-dt/tau+) for dt > 0, A- exp(dt/tau-) for dt < 0 (Bi & Poo: tau+ {} ms, tau- {} ms)",
+        stdp::BI_POO_TAU_PLUS,
+        stdp::BI_POO_TAU_MINUS
+    );
+    for (i, m) in stdp::models().iter().enumerate() {
+        println!("model {}: {}", i + 1, m.name);
+        for w in r.windows.iter().filter(|w| w.model == m.name) {
+            let f = &w.fit;
+            println!(
+                "  {:<14} A+ {:+.4}  tau+ {:6.2} ms   A- {:+.4}  tau- {:6.2} ms",
+                w.protocol, f.a_plus, f.tau_plus, f.a_minus, f.tau_minus
+            );
+        }
+    }
+    let (spk, rate) = r.spike_vs_rate;
+    println!(
+        "\nspike rule averaged over Poisson pre spikes: {spk:.4}; rate rule integral of rho_pre dV/dt: {rate:.4}"
+    );
+    println!(
+        "wrote {}/window.csv, fits.csv, report.json, stdp_pairing.png, stdp_random_trains.png",
+        out.display()
+    );
     Ok(())
 }
 

@@ -24,7 +24,7 @@ pub struct Series<'a> {
     pub color: RGBColor,
 }
 
-/// A line chart with a log-scale y axis written to `path` as PNG.
+/// A line chart with a log-scale y axis (errors as percentages) written to `path` as PNG.
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -32,13 +32,35 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series<'_>],
 ) -> Result<()> {
+    chart(path, title, x_label, y_label, series, true)
+}
+
+/// A line chart with a linear y axis (zero marked) written to `path` as PNG.
+pub fn linear_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<()> {
+    chart(path, title, x_label, y_label, series, false)
+}
+
+fn chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    log_y: bool,
+) -> Result<()> {
     ensure_font();
     let err = |e: String| Error::Checkpoint(format!("cannot draw plot {}: {e}", path.display()));
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
-        .filter(|y| *y > 0.0);
+        .filter(|y| y.is_finite() && (!log_y || *y > 0.0));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
     if x0 > x1 {
@@ -58,40 +80,39 @@ pub fn line_chart(
     {
         let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut builder = ChartBuilder::on(&root);
+        builder
             .caption(title, ("sans-serif", 24))
             .margin(15)
             .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
-            .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .y_label_formatter(&|v| format!("{:.2}%", v * 100.0))
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-        for s in series {
-            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1 > 0.0).collect();
-            let color = s.color;
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?
-                .label(s.name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .y_label_area_size(70);
+        if log_y {
+            let mut chart = builder
+                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
                 .map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .y_label_formatter(&|v| format!("{:.2}%", v * 100.0))
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            draw_series(&mut chart, series, |p| p.1 > 0.0).map_err(err)?;
+        } else {
+            let mut chart = builder
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .draw_series(LineSeries::new(vec![(x0, 0.0), (x1, 0.0)], BLACK.mix(0.5)))
+                .map_err(|e| err(e.to_string()))?;
+            draw_series(&mut chart, series, |p| p.1.is_finite()).map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename plot into place", path, e))
@@ -125,3 +146,46 @@ pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Res
         ],
     )
 }
+
+fn draw_series<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    series: &[Series<'_>],
+    keep: impl Fn(&(f64, f64)) -> bool,
+) -> std::result::Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for s in series {
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(&keep).collect();
+        let color = s.color;
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(s.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Colors for up to six series.
+pub const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];

@@ -213,6 +213,36 @@ fn backprop_baseline_trains_through_the_same_loop() {
 }
 
 #[test]
+fn stdp_writes_its_window_and_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = plasticity()
+        .args(["stdp", "--experiments", "2", "--seconds", "20", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tau+") && text.contains("pairing"), "{text}");
+    for f in [
+        "window.csv",
+        "fits.csv",
+        "report.json",
+        "stdp_pairing.png",
+        "stdp_random_trains.png",
+    ] {
+        assert!(tmp.path().join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(tmp.path().join("window.csv")).unwrap();
+    assert!(csv.starts_with("protocol,model,dt_ms,dw,sem,n"));
+    // 101 pairing points and 50 random-train bins for each of the three models.
+    assert_eq!(csv.lines().count(), 1 + 3 * (101 + 50));
+}
+
+#[test]
 fn presets_and_help() {
     let out = plasticity().arg("presets").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

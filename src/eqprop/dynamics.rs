@@ -111,13 +111,26 @@ impl Block {
 
     /// Copies the free states into `phase`'s (the nudged phase starts at s^0).
     pub fn start_from_free(&mut self, phase: Phase) {
-        let dst = match phase {
-            Phase::Free => return,
-            Phase::Nudged => &mut self.nudged,
-            Phase::NudgedNeg => &mut self.nudged_neg,
+        self.copy_states(Phase::Free, phase);
+    }
+
+    /// Copies the states of phase `from` into those of phase `to`.
+    pub fn copy_states(&mut self, from: Phase, to: Phase) {
+        if from == to {
+            return;
+        }
+        let rows = self.rows;
+        let (src, dst) = match (from, to) {
+            (Phase::Free, Phase::Nudged) => (&self.free, &mut self.nudged),
+            (Phase::Free, Phase::NudgedNeg) => (&self.free, &mut self.nudged_neg),
+            (Phase::Nudged, Phase::Free) => (&self.nudged, &mut self.free),
+            (Phase::Nudged, Phase::NudgedNeg) => (&self.nudged, &mut self.nudged_neg),
+            (Phase::NudgedNeg, Phase::Free) => (&self.nudged_neg, &mut self.free),
+            (Phase::NudgedNeg, Phase::Nudged) => (&self.nudged_neg, &mut self.nudged),
+            _ => unreachable!("from != to"),
         };
-        for (d, s) in dst.iter_mut().zip(&self.free) {
-            let len = self.rows * s.cols;
+        for (d, s) in dst.iter_mut().zip(src) {
+            let len = rows * s.cols;
             d.data[..len].copy_from_slice(&s.data[..len]);
         }
     }

@@ -12,7 +12,7 @@ pub mod network;
 pub use dynamics::{Block, Phase};
 pub use network::Network;
 
-use crate::config::{Config, Nudging};
+use crate::config::{Config, NudgedUpdate, Nudging};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::tensor::{Matrix, row_range};
@@ -30,6 +30,7 @@ pub struct Settings {
     pub beta: f32,
     pub learning_rates: Vec<f32>,
     pub nudging: Nudging,
+    pub nudged_update: NudgedUpdate,
     pub persistent_particles: bool,
 }
 
@@ -42,6 +43,7 @@ impl Settings {
             beta: c.beta,
             learning_rates: c.learning_rates.clone(),
             nudging: c.nudging,
+            nudged_update: c.nudged_update,
             persistent_particles: c.persistent_particles,
         }
     }
@@ -112,6 +114,35 @@ impl EqProp {
             particles,
             warm,
             last_free_change: 0.0,
+        }
+    }
+}
+
+impl EqProp {
+    /// The nudged phase with the update applied after every step: the weights
+    /// move by (alpha / beta)(s^{t+1} s^{t+1} - s^t s^t) while the states move
+    /// (`NudgedNeg` holds s^t). Summed over a phase with the weights held fixed,
+    /// these increments telescope to the standard update.
+    fn nudge_continuously(&mut self, beta: f32, batch: usize) {
+        let parts = self.blocks.len();
+        for _ in 0..self.settings.nudged_steps {
+            let (net, eps) = (&self.net, self.settings.epsilon);
+            self.blocks.par_iter_mut().for_each(|b| {
+                b.copy_states(Phase::Nudged, Phase::NudgedNeg);
+                b.compute_input_drive(net);
+                b.relax(net, Phase::Nudged, 1, eps, beta);
+                b.prepare_update(Phase::Nudged, Phase::NudgedNeg);
+            });
+            learning::apply(
+                &mut self.net,
+                &self.blocks,
+                Phase::Nudged,
+                Phase::NudgedNeg,
+                1.0 / beta,
+                &self.settings.learning_rates,
+                batch,
+                parts,
+            );
         }
     }
 }
@@ -203,6 +234,7 @@ impl Learner for EqProp {
             _ => s.beta,
         };
         let symmetric = s.nudging == Nudging::Symmetric;
+        let continuous = s.nudged_update == NudgedUpdate::Continuous;
         let parts = self.blocks.len();
         let (net, particles) = (&self.net, &self.particles);
         self.blocks.par_iter_mut().enumerate().for_each(|(p, b)| {
@@ -212,6 +244,9 @@ impl Learner for EqProp {
             b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
             b.score_free();
             b.start_from_free(Phase::Nudged);
+            if continuous {
+                return; // the nudged phase runs below, step by step with the updates
+            }
             b.relax(net, Phase::Nudged, s.nudged_steps, s.epsilon, beta);
             if symmetric {
                 b.start_from_free(Phase::NudgedNeg);
@@ -230,21 +265,25 @@ impl Learner for EqProp {
                 }
             }
         }
-        let (plus, minus, coef) = if symmetric {
-            (Phase::Nudged, Phase::NudgedNeg, 1.0 / (2.0 * beta))
+        if continuous {
+            self.nudge_continuously(beta, indices.len());
         } else {
-            (Phase::Nudged, Phase::Free, 1.0 / beta)
-        };
-        learning::apply(
-            &mut self.net,
-            &self.blocks,
-            plus,
-            minus,
-            coef,
-            &self.settings.learning_rates,
-            indices.len(),
-            parts,
-        );
+            let (plus, minus, coef) = if symmetric {
+                (Phase::Nudged, Phase::NudgedNeg, 1.0 / (2.0 * beta))
+            } else {
+                (Phase::Nudged, Phase::Free, 1.0 / beta)
+            };
+            learning::apply(
+                &mut self.net,
+                &self.blocks,
+                plus,
+                minus,
+                coef,
+                &self.settings.learning_rates,
+                indices.len(),
+                parts,
+            );
+        }
         self.last_free_change = self
             .blocks
             .iter()

@@ -254,3 +254,58 @@ fn splitting_the_update_across_threads_changes_nothing() {
         }
     }
 }
+
+/// The symmetrized STDP-like rule, d(rho_i rho_j)/dt, integrated step by step
+/// over the nudged phase (weights held fixed) is exactly EP's update.
+#[test]
+fn stepwise_increments_over_the_nudged_phase_sum_to_the_ep_update() {
+    let rows = 4;
+    let (net0, mut block) = setup(rows, 9);
+    block.relax(&net0, Phase::Free, 50, 0.5, 0.0);
+    block.start_from_free(Phase::Nudged);
+    let rates = [0.2f32, 0.1, 0.05];
+    let beta = 0.7;
+    let mut stepwise = net0.clone();
+    for _ in 0..6 {
+        block.copy_states(Phase::Nudged, Phase::NudgedNeg);
+        block.relax(&net0, Phase::Nudged, 1, 0.5, beta);
+        block.prepare_update(Phase::Nudged, Phase::NudgedNeg);
+        learning::apply(
+            &mut stepwise,
+            std::slice::from_ref(&block),
+            Phase::Nudged,
+            Phase::NudgedNeg,
+            1.0 / beta,
+            &rates,
+            rows,
+            2,
+        );
+    }
+    let mut once = net0.clone();
+    block.prepare_update(Phase::Nudged, Phase::Free);
+    learning::apply(
+        &mut once,
+        std::slice::from_ref(&block),
+        Phase::Nudged,
+        Phase::Free,
+        1.0 / beta,
+        &rates,
+        rows,
+        2,
+    );
+    for (a, b) in stepwise.weights.iter().zip(&once.weights) {
+        let d = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "stepwise and one-shot updates differ by {d}");
+    }
+    let moved = once.weights[1]
+        .data
+        .iter()
+        .zip(&net0.weights[1].data)
+        .any(|(x, y)| (x - y).abs() > 1e-4);
+    assert!(moved, "the update must not be trivial");
+}

@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::eqprop::Network;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{Matrix, Op, gemm, kernels};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
 use rand::SeedableRng;
@@ -242,19 +242,8 @@ impl Learner for Backprop {
         network_tensors_mut(&mut self.net)
     }
 
-    fn run_state(&self) -> Vec<NamedTensor<'_>> {
-        Vec::new()
-    }
-
-    fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
-        Vec::new()
-    }
-
     fn check_finite(&self, epoch: usize) -> Result<()> {
-        match self.net.first_non_finite() {
-            Some((layer, what)) => Err(Error::Diverged { epoch, layer, what }),
-            None => Ok(()),
-        }
+        self.net.check_finite(epoch)
     }
 
     fn flops_per_example(&self) -> (f64, f64) {

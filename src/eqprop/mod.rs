@@ -14,7 +14,7 @@ pub use network::Network;
 
 use crate::config::{Config, NudgedUpdate, Nudging};
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{Matrix, row_range};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
 use rand::{RngExt, SeedableRng};
@@ -335,10 +335,7 @@ impl Learner for EqProp {
     }
 
     fn check_finite(&self, epoch: usize) -> Result<()> {
-        match self.net.first_non_finite() {
-            Some((layer, what)) => Err(Error::Diverged { epoch, layer, what }),
-            None => Ok(()),
-        }
+        self.net.check_finite(epoch)
     }
 
     fn flops_per_example(&self) -> (f64, f64) {

@@ -82,6 +82,14 @@ impl Network {
             .sum()
     }
 
+    /// Err(Diverged) naming the first parameter tensor that holds NaN or inf.
+    pub fn check_finite(&self, epoch: usize) -> crate::Result<()> {
+        match self.first_non_finite() {
+            Some((layer, what)) => Err(crate::Error::Diverged { epoch, layer, what }),
+            None => Ok(()),
+        }
+    }
+
     /// Name of the first parameter tensor holding NaN or inf, if any.
     pub fn first_non_finite(&self) -> Option<(String, &'static str)> {
         for (k, w) in self.weights.iter().enumerate() {

@@ -77,8 +77,12 @@ pub trait Learner {
     fn parameters(&self) -> Vec<NamedTensor<'_>>;
     fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>>;
     /// Per-example state that resuming needs (e.g. persistent particles).
-    fn run_state(&self) -> Vec<NamedTensor<'_>>;
-    fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>>;
+    fn run_state(&self) -> Vec<NamedTensor<'_>> {
+        Vec::new()
+    }
+    fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
+        Vec::new()
+    }
     /// Err(Diverged) naming the first parameter that is NaN or inf.
     fn check_finite(&self, epoch: usize) -> Result<()>;
     /// Analytic FLOPs per training example and per evaluated example.

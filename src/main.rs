@@ -216,10 +216,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (cfg, out)
     } else {
         let cfg = resolve_config(&a)?;
-        let out = a
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.preset));
+        let out = a.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg.preset));
         (cfg, out)
     };
     eprintln!("run directory: {}", out.display());
@@ -235,6 +232,19 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// runs/<preset>, or runs/<preset>-2, -3, ... if taken: a default run never
+/// overwrites an earlier one.
+fn fresh_run_dir(preset: &str) -> PathBuf {
+    let base = PathBuf::from("runs");
+    (1..)
+        .map(|i| match i {
+            1 => base.join(preset),
+            _ => base.join(format!("{preset}-{i}")),
+        })
+        .find(|p| !p.exists())
+        .expect("some name is free")
 }
 
 /// Progress on stderr: a bar per epoch with examples/s and the running error.

@@ -15,7 +15,12 @@ use std::process::ExitCode;
     about = "Biologically plausible deep learning: Equilibrium Propagation and friends, on real data",
     long_about = "Biologically plausible deep learning: Equilibrium Propagation (Scellier & Bengio 2017) \
                   on permutation-invariant MNIST, reproducing the paper.\n\n\
-                  With no subcommand, trains the default preset (eqprop-mnist-1h) into runs/eqprop-mnist-1h."
+                  With no subcommand, trains the default preset (eqprop-mnist-1h) into runs/eqprop-mnist-1h.\n\n\
+                  Examples:\n  \
+                  plasticity train --preset eqprop-mnist-2h --out runs/2h\n  \
+                  plasticity train --resume --out runs/2h\n  \
+                  plasticity eval --run runs/2h --split test\n  \
+                  plasticity bench --preset eqprop-mnist-1h"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,11 +88,13 @@ struct TrainArgs {
     /// TOML file whose keys override the preset (keys as in a run's config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Epochs to train (with --resume: the new total).
     #[arg(long)]
     epochs: Option<usize>,
     /// Mini-batch size.
     #[arg(long)]
     batch: Option<usize>,
+    /// Seed of the weight init and of beta's signs (and of shuffling, if on).
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads (results are bit-identical for the same count).
@@ -99,7 +106,7 @@ struct TrainArgs {
     /// Directory with the four MNIST-format IDX files, raw or .gz (default: the shipped MNIST).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run directory (default: runs/<preset>).
+    /// Run directory (default: runs/<preset>, or runs/<preset>-2, ... if taken).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its last completed epoch.

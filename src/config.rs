@@ -29,6 +29,18 @@ pub enum Algorithm {
     Backprop,
 }
 
+/// How EP's states move during a phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Relaxation {
+    /// Every layer steps by epsilon from the previous state (the paper).
+    #[default]
+    Synchronous,
+    /// Odd layers, then even layers, each set to the minimiser of the energy
+    /// given its neighbours (Scellier et al. 2023); epsilon is not used.
+    EvenOdd,
+}
+
 /// When EP's weight update is applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -65,6 +77,11 @@ pub struct Config {
     pub nudging: Nudging,
     #[serde(default)]
     pub nudged_update: NudgedUpdate,
+    #[serde(default)]
+    pub relaxation: Relaxation,
+    /// Stop a phase once a step changes no state by more than this (0: run every step).
+    #[serde(default)]
+    pub tolerance: f32,
     /// Each training example keeps its free-phase state between epochs.
     pub persistent_particles: bool,
     /// Also score validation and test with per-example states carried from one
@@ -132,6 +149,8 @@ pub fn preset(name: &str) -> Result<Config> {
         learning_rates: rates,
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
+        relaxation: Relaxation::Synchronous,
+        tolerance: 0.0,
         persistent_particles: true,
         eval_warm: true,
         epochs,
@@ -288,6 +307,24 @@ impl Config {
         if self.nudging == Nudging::Symmetric && self.nudged_update == NudgedUpdate::Continuous {
             return bad("nudged_update = \"continuous\" works with one nudged phase; use nudging = \"random-sign\" or \"positive\"".into());
         }
+        let most_negative = match self.nudging {
+            Nudging::Positive => self.beta,
+            _ => -self.beta.abs(),
+        };
+        if self.relaxation == Relaxation::EvenOdd && 1.0 + most_negative <= 0.0 {
+            return bad(format!(
+                "relaxation = \"even-odd\" sets the nudged output to (drive + beta d) / (1 + beta), \
+                 which needs 1 + beta > 0 for every sign used; with beta = {} and nudging {:?} \
+                 lower |beta| below 1 or use nudging = \"positive\"",
+                self.beta, self.nudging
+            ));
+        }
+        if !(self.tolerance >= 0.0) {
+            return bad(format!(
+                "tolerance = {} must be 0 or positive",
+                self.tolerance
+            ));
+        }
         if self.threads > 256 {
             return bad(format!("threads = {} is more than 256", self.threads));
         }
@@ -388,6 +425,15 @@ mod tests {
                 .to_string()
                 .contains("one rate per matrix")
         );
+        let t: toml::Table = toml::from_str("relaxation = \"even-odd\"").unwrap();
+        let e = base.overlay(&t, "t").unwrap_err().to_string();
+        assert!(e.contains("1 + beta > 0"), "{e}");
+        let t: toml::Table =
+            toml::from_str("relaxation = \"even-odd\"\nbeta = 0.5\ntolerance = 1e-3").unwrap();
+        assert!(base.overlay(&t, "t").is_ok());
+        let t: toml::Table =
+            toml::from_str("nudged_update = \"continuous\"\nnudging = \"symmetric\"").unwrap();
+        assert!(base.overlay(&t, "t").is_err());
         let back: Config = toml::from_str(&base.to_toml()).unwrap();
         assert_eq!(back, base);
     }

@@ -9,6 +9,7 @@
 //! constant while x is clamped, so it is computed once per batch.
 
 use super::network::Network;
+pub use crate::config::Relaxation;
 use crate::tensor::{Matrix, Op, gemm, kernels};
 
 /// Working memory for a block of examples (one thread's share of a batch).
@@ -37,6 +38,12 @@ pub struct Block {
     pub errors: usize,
     pub cost: f64,
     pub last_change: f32,
+    /// How the states move, and when a phase may stop early: once the largest
+    /// change of a step falls under `tolerance` (0: never, run every step).
+    pub scheme: Relaxation,
+    pub tolerance: f32,
+    /// Steps the last free phase took.
+    pub free_steps_taken: usize,
 }
 
 impl Block {
@@ -56,6 +63,9 @@ impl Block {
             errors: 0,
             cost: 0.0,
             last_change: 0.0,
+            scheme: Relaxation::Synchronous,
+            tolerance: 0.0,
+            free_steps_taken: 0,
         }
     }
 
@@ -145,23 +155,116 @@ impl Block {
         };
         let nudge = (beta != 0.0).then_some((beta, &self.target));
         let mut change = 0.0;
-        for _ in 0..steps {
-            change = step(
-                net,
-                &self.input_drive,
-                states,
-                &mut self.drives,
-                self.rows,
-                eps,
-                nudge,
-            );
+        // Only the free phase stops early; the nudged phase keeps its fixed length.
+        let tolerance = if phase == Phase::Free {
+            self.tolerance
+        } else {
+            0.0
+        };
+        let mut taken = steps;
+        for t in 0..steps {
+            change = match self.scheme {
+                Relaxation::Synchronous => step(
+                    net,
+                    &self.input_drive,
+                    states,
+                    &mut self.drives,
+                    self.rows,
+                    eps,
+                    nudge,
+                ),
+                Relaxation::EvenOdd => step_even_odd(
+                    net,
+                    &self.input_drive,
+                    states,
+                    &mut self.drives,
+                    self.rows,
+                    nudge,
+                ),
+            };
+            if change < tolerance {
+                taken = t + 1;
+                break;
+            }
+        }
+        if phase == Phase::Free {
+            self.free_steps_taken = taken;
         }
         self.last_change = change;
         change
     }
 }
 
-/// One synchronous step of every layer for the first `rows` rows.
+/// Sets `drive` to layer i's input from its neighbours' current states:
+/// s_{k-1} W_{k-1} (for k > 1; layer 1's input term is precomputed) + s_{k+1} W_k^T.
+fn layer_drive(net: &Network, states: &[Matrix], drive: &mut Matrix, i: usize, rows: usize) {
+    let depth = states.len();
+    let mut accumulate = false;
+    if i + 1 < depth {
+        // s_{k+1} W_k^T, with W_k = weights[i + 1].
+        let out = drive.view_mut().split_rows(rows).0;
+        let up = states[i + 1].rows_view(0, rows);
+        gemm(out, false, 1.0, up, Op::N, net.weights[i + 1].view(), Op::T);
+        accumulate = true;
+    }
+    if i > 0 {
+        let out = drive.view_mut().split_rows(rows).0;
+        let down = states[i - 1].rows_view(0, rows);
+        gemm(
+            out,
+            accumulate,
+            1.0,
+            down,
+            Op::N,
+            net.weights[i].view(),
+            Op::N,
+        );
+        accumulate = true;
+    }
+    if !accumulate {
+        drive.data[..rows * drive.cols].fill(0.0);
+    }
+}
+
+/// Moves layer i given its drive: `s <- clip((1 - eps) s + eps (drive + offset [+ nudge]))`.
+#[allow(clippy::too_many_arguments)]
+fn move_layer(
+    net: &Network,
+    input_drive: &Matrix,
+    states: &mut [Matrix],
+    drive: &Matrix,
+    i: usize,
+    rows: usize,
+    eps: f32,
+    nudge: Option<(f32, &Matrix)>,
+) -> f32 {
+    let depth = states.len();
+    let n = states[i].cols;
+    let len = rows * n;
+    // Layer 1 gets the precomputed x W_0 + b_1 per row; others their bias.
+    let (offset, stride) = if i == 0 {
+        (&input_drive.data[..len], n)
+    } else {
+        (&net.biases[i][..], 0)
+    };
+    let nudge = if i + 1 == depth {
+        nudge.map(|(b, t)| (b, &t.data[..len]))
+    } else {
+        None
+    };
+    kernels::relax_layer(
+        &mut states[i].data[..len],
+        &drive.data[..len],
+        offset,
+        stride,
+        n,
+        eps,
+        nudge,
+    )
+}
+
+/// One synchronous step of every layer for the first `rows` rows (the paper):
+/// all drives from the old states, then every layer moves by `eps`.
 /// `states[k - 1]` is layer k. Returns max |s_new - s_old|.
 pub fn step(
     net: &Network,
@@ -173,75 +276,59 @@ pub fn step(
     nudge: Option<(f32, &Matrix)>,
 ) -> f32 {
     let depth = states.len();
-    // Drives from the old states, before any layer moves.
     for i in 0..depth {
-        let out = drives[i].view_mut().split_rows(rows).0;
-        let above = (i + 1 < depth).then(|| &states[i + 1]);
-        let below = (i > 0).then(|| &states[i - 1]);
-        match (above, below) {
-            (Some(up), _) => {
-                // s_{k+1} W_k^T, with W_k = weights[i + 1].
-                gemm(
-                    out,
-                    false,
-                    1.0,
-                    up.rows_view(0, rows),
-                    Op::N,
-                    net.weights[i + 1].view(),
-                    Op::T,
-                );
-                if let Some(down) = below {
-                    let out = drives[i].view_mut().split_rows(rows).0;
-                    gemm(
-                        out,
-                        true,
-                        1.0,
-                        down.rows_view(0, rows),
-                        Op::N,
-                        net.weights[i].view(),
-                        Op::N,
-                    );
-                }
-            }
-            (None, Some(down)) => {
-                gemm(
-                    out,
-                    false,
-                    1.0,
-                    down.rows_view(0, rows),
-                    Op::N,
-                    net.weights[i].view(),
-                    Op::N,
-                );
-            }
-            (None, None) => out.data.fill(0.0),
-        }
+        layer_drive(net, states, &mut drives[i], i, rows);
     }
     let mut change = 0.0f32;
     for i in 0..depth {
-        let n = states[i].cols;
-        let len = rows * n;
-        // Layer 1 gets the precomputed x W_0 + b_1 per row; others their bias.
-        let (offset, stride) = if i == 0 {
-            (&input_drive.data[..len], n)
-        } else {
-            (&net.biases[i][..], 0)
-        };
-        let nudge = if i + 1 == depth {
-            nudge.map(|(b, t)| (b, &t.data[..len]))
-        } else {
-            None
-        };
-        let c = kernels::relax_layer(
-            &mut states[i].data[..len],
-            &drives[i].data[..len],
-            offset,
-            stride,
-            n,
+        change = change.max(move_layer(
+            net,
+            input_drive,
+            states,
+            &drives[i],
+            i,
+            rows,
             eps,
             nudge,
-        );
-        change = change.max(c);
+        ));
+    }
+    change
+}
+
+/// One asynchronous step (Scellier et al. 2023): first layers 1, 3, 5, ...,
+/// then 2, 4, ..., each set to the minimiser of F given its neighbours. Layers
+/// of one parity do not interact, so each half-step is an exact block
+/// minimisation and F never rises. The minimiser is clip(drive + offset) for a
+/// hidden layer and clip((drive + offset + beta d) / (1 + beta)) for a nudged
+/// output, which is the fused step with eps = 1 / (1 + beta) (needs 1 + beta > 0).
+pub fn step_even_odd(
+    net: &Network,
+    input_drive: &Matrix,
+    states: &mut [Matrix],
+    drives: &mut [Matrix],
+    rows: usize,
+    nudge: Option<(f32, &Matrix)>,
+) -> f32 {
+    let depth = states.len();
+    let mut change = 0.0f32;
+    for parity in [0, 1] {
+        for i in (parity..depth).step_by(2) {
+            layer_drive(net, states, &mut drives[i], i, rows);
+            let eps = match nudge {
+                Some((beta, _)) if i + 1 == depth => 1.0 / (1.0 + beta),
+                _ => 1.0,
+            };
+            change = change.max(move_layer(
+                net,
+                input_drive,
+                states,
+                &drives[i],
+                i,
+                rows,
+                eps,
+                nudge,
+            ));
+        }
     }
     change
 }

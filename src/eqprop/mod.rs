@@ -31,6 +31,8 @@ pub struct Settings {
     pub learning_rates: Vec<f32>,
     pub nudging: Nudging,
     pub nudged_update: NudgedUpdate,
+    pub relaxation: crate::config::Relaxation,
+    pub tolerance: f32,
     pub persistent_particles: bool,
 }
 
@@ -44,6 +46,8 @@ impl Settings {
             learning_rates: c.learning_rates.clone(),
             nudging: c.nudging,
             nudged_update: c.nudged_update,
+            relaxation: c.relaxation,
+            tolerance: c.tolerance,
             persistent_particles: c.persistent_particles,
         }
     }
@@ -63,6 +67,8 @@ pub struct EqProp {
     warm: Vec<Vec<Matrix>>,
     /// Largest state change in the last step of the last free phase (all blocks).
     pub last_free_change: f32,
+    /// Free-phase steps taken, summed over training examples since last asked.
+    free_steps: (f64, usize),
 }
 
 impl EqProp {
@@ -94,10 +100,14 @@ impl EqProp {
         };
         let threads = cfg.threads.max(1);
         let cap = cfg.batch_size.div_ceil(threads).max(1);
-        let blocks = (0..threads).map(|_| Block::new(&net.sizes, cap)).collect();
-        let eval_blocks = (0..threads)
-            .map(|_| Block::new(&net.sizes, cfg.eval_block))
-            .collect();
+        let block = |cap| {
+            let mut b = Block::new(&net.sizes, cap);
+            b.scheme = settings.relaxation;
+            b.tolerance = settings.tolerance;
+            b
+        };
+        let blocks = (0..threads).map(|_| block(cap)).collect();
+        let eval_blocks = (0..threads).map(|_| block(cfg.eval_block)).collect();
         let particles = if settings.persistent_particles {
             net.sizes[1..]
                 .iter()
@@ -114,6 +124,7 @@ impl EqProp {
             particles,
             warm,
             last_free_change: 0.0,
+            free_steps: (0.0, 0),
         }
     }
 }
@@ -256,6 +267,10 @@ impl Learner for EqProp {
                 b.prepare_update(Phase::Nudged, Phase::Free);
             }
         });
+        for b in &self.blocks {
+            self.free_steps.0 += (b.free_steps_taken * b.rows) as f64;
+            self.free_steps.1 += b.rows;
+        }
         // Persistent particles: each example keeps its free fixed point.
         for (part, b) in self.blocks.iter().enumerate() {
             let r0 = row_range(indices.len(), parts, part).0;
@@ -362,6 +377,11 @@ impl Learner for EqProp {
 
     fn free_phase_residual(&self) -> Option<f64> {
         Some(self.last_free_change as f64)
+    }
+
+    fn take_free_steps_mean(&mut self) -> Option<f64> {
+        let (sum, n) = std::mem::take(&mut self.free_steps);
+        (n > 0).then(|| sum / n as f64)
     }
 
     fn describe(&self) -> String {

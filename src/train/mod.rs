@@ -93,6 +93,11 @@ pub trait Learner {
     fn free_phase_residual(&self) -> Option<f64> {
         None
     }
+    /// For learners that relax: mean free-phase steps per training example since
+    /// the last call (fewer than configured when a tolerance stops phases early).
+    fn take_free_steps_mean(&mut self) -> Option<f64> {
+        None
+    }
 }
 
 /// One line of metrics.jsonl. Errors are fractions in [0, 1].
@@ -114,6 +119,9 @@ pub struct EpochMetrics {
     /// Largest state change in the last free step of the epoch's last batch
     /// (how far from a fixed point the free phase stopped), for learners that relax.
     pub free_phase_residual: Option<f64>,
+    /// Mean free-phase steps per training example in the epoch.
+    #[serde(default)]
+    pub free_steps_mean: Option<f64>,
     /// Training and evaluation together.
     pub epoch_seconds: f64,
     pub train_seconds: f64,
@@ -341,6 +349,7 @@ fn run_epochs(
             val_error_warm: val_warm.map(|s| s.error_rate()),
             test_error_warm: test_warm.map(|s| s.error_rate()),
             free_phase_residual: learner.free_phase_residual(),
+            free_steps_mean: learner.take_free_steps_mean(),
             epoch_seconds: t0.elapsed().as_secs_f64(),
             train_seconds,
             examples_per_second: n as f64 / train_seconds,

@@ -7,6 +7,7 @@
 
 pub mod backprop;
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eqprop;

@@ -43,6 +43,19 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Train one preset under several relaxation/nudging schemes with the same seed;
+    /// writes a CSV and plots of validation error per epoch and per second.
+    Compare {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Schemes to run, comma-separated: paper, symmetric, sync-tol, even-odd, even-odd-tol.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "paper,symmetric,sync-tol,even-odd,even-odd-tol"
+        )]
+        schemes: Vec<String>,
+    },
     /// List the presets and their hyperparameters.
     Presets,
     /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
@@ -136,6 +149,7 @@ fn main() -> ExitCode {
             split,
             threads,
         }) => eval_cmd(&run, &split, threads),
+        Some(Command::Compare { train, schemes }) => compare_cmd(train, &schemes),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,
@@ -396,6 +410,52 @@ fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) 
     );
     println!(
         "wrote {}/window.csv, fits.csv, report.json, stdp_pairing.png, stdp_random_trains.png",
+        out.display()
+    );
+    Ok(())
+}
+
+fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
+    if a.resume || a.device != "cpu" {
+        return Err(Error::Config(
+            "compare runs fresh CPU runs: drop --resume and --device".into(),
+        ));
+    }
+    let cfg = resolve_config(&a)?;
+    let schemes = names
+        .iter()
+        .map(|n| plasticity::compare::scheme(n))
+        .collect::<Result<Vec<_>>>()?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", cfg.preset)));
+    eprintln!("comparing {} schemes into {}", schemes.len(), out.display());
+    let mut bar = Bar::default();
+    let all = plasticity::compare::run(&cfg, &schemes, &out, &mut bar)?;
+    println!(
+        "\n{:<14} {:>8} {:>8} {:>8} {:>11} {:>10}",
+        "scheme", "train", "val", "test", "free steps", "seconds"
+    );
+    for (name, h) in &all {
+        if let Some(m) = h.last() {
+            let secs: f64 = h.iter().map(|m| m.epoch_seconds).sum();
+            println!(
+                "{:<14} {:>7.2}% {:>7.2}% {:>7.2}% {:>11.1} {:>10.1}",
+                name,
+                100.0 * m.train_error,
+                100.0 * m.val_error,
+                100.0 * m.test_error,
+                m.free_steps_mean.unwrap_or(f64::NAN),
+                secs
+            );
+        }
+    }
+    for s in &schemes {
+        println!("  {:<12} {}", s.name, s.about);
+    }
+    println!(
+        "wrote {0}/compare.csv, {0}/error_vs_epoch.png, {0}/error_vs_seconds.png",
         out.display()
     );
     Ok(())

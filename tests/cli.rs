@@ -243,6 +243,44 @@ fn stdp_writes_its_window_and_fits() {
 }
 
 #[test]
+fn compare_runs_each_scheme_and_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = plasticity()
+        .args([
+            "compare",
+            "--limit",
+            "200",
+            "--eval-limit",
+            "100",
+            "--epochs",
+            "2",
+        ])
+        .args(["--schemes", "paper,even-odd-tol", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(tmp.path().join("compare.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
+    assert!(csv.contains("\neven-odd-tol,2,"));
+    for f in [
+        "error_vs_epoch.png",
+        "error_vs_seconds.png",
+        "paper/metrics.jsonl",
+    ] {
+        assert!(tmp.path().join(f).is_file(), "{f} missing");
+    }
+    fails_with(
+        plasticity().args(["compare", "--schemes", "nope"]),
+        "unknown scheme `nope`",
+    );
+}
+
+#[test]
 fn presets_and_help() {
     let out = plasticity().arg("presets").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -319,7 +319,7 @@ impl Config {
                 self.beta, self.nudging
             ));
         }
-        if !(self.tolerance >= 0.0) {
+        if self.tolerance.is_nan() || self.tolerance < 0.0 {
             return bad(format!(
                 "tolerance = {} must be 0 or positive",
                 self.tolerance

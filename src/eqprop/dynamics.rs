@@ -276,16 +276,16 @@ pub fn step(
     nudge: Option<(f32, &Matrix)>,
 ) -> f32 {
     let depth = states.len();
-    for i in 0..depth {
-        layer_drive(net, states, &mut drives[i], i, rows);
+    for (i, drive) in drives.iter_mut().enumerate().take(depth) {
+        layer_drive(net, states, drive, i, rows);
     }
     let mut change = 0.0f32;
-    for i in 0..depth {
+    for (i, drive) in drives.iter().enumerate().take(depth) {
         change = change.max(move_layer(
             net,
             input_drive,
             states,
-            &drives[i],
+            drive,
             i,
             rows,
             eps,

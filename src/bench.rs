@@ -182,7 +182,8 @@ pub fn kernels(peak_one_core: f64) -> Vec<Row> {
 
 /// Times one training epoch of `cfg` (or its first `examples` examples,
 /// extrapolated to the full training set) plus evaluation of validation and test.
-pub fn epoch(cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<Row> {
+/// `name` labels the rows (the preset, and the scheme if not the paper's).
+pub fn epoch(name: &str, cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<Row> {
     let n_full = splits.train.len();
     let n = if examples == 0 {
         n_full
@@ -199,6 +200,12 @@ pub fn epoch(cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<R
         black_box(learner.train_batch(&splits.train, batch, &mut rng));
     }
     let train_secs = t.elapsed().as_secs_f64() * n_full as f64 / n as f64;
+    // With a tolerance the free phase may stop early: count the steps it took.
+    let steps_mean = learner.take_free_steps_mean();
+    let train_flops = match steps_mean {
+        Some(m) => train_flops - (cfg.free_steps as f64 - m) * learner.flops_per_free_step(),
+        None => train_flops,
+    };
     // Evaluation scales the same way: time a share of it when training was sampled.
     let eval_n = if n == n_full {
         n_eval
@@ -210,11 +217,14 @@ pub fn epoch(cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<R
     let eval_secs = t.elapsed().as_secs_f64() * n_eval as f64 / val.examples as f64;
     let total_flops = train_flops * n_full as f64 + eval_flops * n_eval as f64;
     let total = train_secs + eval_secs;
-    let note = if n == n_full {
+    let mut note = if n == n_full {
         "measured".to_string()
     } else {
         format!("extrapolated from {n} training examples")
     };
+    if let Some(m) = steps_mean {
+        note += &format!("; {m:.1} free steps per example");
+    }
     let row = |name: String, secs: f64, flops: f64| Row {
         name,
         seconds: secs,
@@ -225,15 +235,15 @@ pub fn epoch(cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<R
     };
     vec![
         row(
-            format!("{} epoch: train {} examples", cfg.preset, n_full),
+            format!("{} epoch: train {} examples", name, n_full),
             train_secs,
             train_flops * n_full as f64,
         ),
         row(
-            format!("{} epoch: evaluate {} examples", cfg.preset, n_eval),
+            format!("{} epoch: evaluate {} examples", name, n_eval),
             eval_secs,
             eval_flops * n_eval as f64,
         ),
-        row(format!("{} epoch: total", cfg.preset), total, total_flops),
+        row(format!("{} epoch: total", name), total, total_flops),
     ]
 }

@@ -84,6 +84,9 @@ enum Command {
         examples: Option<usize>,
         #[arg(long, default_value_t = config::default_threads())]
         threads: usize,
+        /// Schemes to time for each preset (see `plasticity compare`), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "paper")]
+        schemes: Vec<String>,
         /// Print a JSON list instead of a table.
         #[arg(long)]
         json: bool,
@@ -161,9 +164,10 @@ fn main() -> ExitCode {
             preset,
             examples,
             threads,
+            schemes,
             json,
             no_kernels,
-        }) => bench_cmd(&preset, examples, threads, json, no_kernels),
+        }) => bench_cmd(&preset, &schemes, examples, threads, json, no_kernels),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -499,6 +503,7 @@ fn presets_cmd() -> Result<()> {
 
 fn bench_cmd(
     presets: &[String],
+    schemes: &[String],
     examples: Option<usize>,
     threads: usize,
     json: bool,
@@ -523,11 +528,21 @@ fn bench_cmd(
             rows.extend(bench::kernels(one));
         }
         for p in presets {
-            let mut cfg = config::preset(p)?;
-            cfg.threads = threads;
-            let splits = train::load_data(&cfg)?;
+            let mut base = config::preset(p)?;
+            base.threads = threads;
+            let splits = train::load_data(&base)?;
             let n = examples.unwrap_or(if p == "eqprop-mnist-1h" { 0 } else { 2000 });
-            rows.extend(bench::epoch(&cfg, &splits, n, peak));
+            for name in schemes {
+                let scheme = plasticity::compare::scheme(name)?;
+                let table: toml::Table = toml::from_str(scheme.overrides).expect("scheme parses");
+                let cfg = base.overlay(&table, name)?;
+                let label = if name == "paper" {
+                    p.clone()
+                } else {
+                    format!("{p} [{name}]")
+                };
+                rows.extend(bench::epoch(&label, &cfg, &splits, n, peak));
+            }
         }
         Ok(rows)
     })?;

@@ -375,6 +375,13 @@ impl Learner for EqProp {
         (train, eval)
     }
 
+    fn flops_per_free_step(&self) -> f64 {
+        self.net.sizes[1..]
+            .windows(2)
+            .map(|w| 4.0 * (w[0] * w[1]) as f64)
+            .sum()
+    }
+
     fn free_phase_residual(&self) -> Option<f64> {
         Some(self.last_free_change as f64)
     }

@@ -87,6 +87,10 @@ pub trait Learner {
     fn check_finite(&self, epoch: usize) -> Result<()>;
     /// Analytic FLOPs per training example and per evaluated example.
     fn flops_per_example(&self) -> (f64, f64);
+    /// FLOPs of one free-phase step per example, for learners that relax.
+    fn flops_per_free_step(&self) -> f64 {
+        0.0
+    }
     /// One line about the model, for the log.
     fn describe(&self) -> String;
     /// For learners that relax to a fixed point: the last free step's largest change.

@@ -553,12 +553,12 @@ fn bench_cmd(
         );
     } else {
         println!(
-            "{:<46} {:>10} {:>9} {:>8} {:>4}  note",
+            "{:<58} {:>10} {:>9} {:>8} {:>4}  note",
             "what", "seconds", "GFLOP/s", "of peak", "thr"
         );
         for r in rows {
             println!(
-                "{:<46} {:>10.4e} {:>9.1} {:>7.1}% {:>4}  {}",
+                "{:<58} {:>10.4e} {:>9.1} {:>7.1}% {:>4}  {}",
                 r.name,
                 r.seconds,
                 r.gflops,

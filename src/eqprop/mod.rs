@@ -6,6 +6,7 @@
 //! them to the training loop through the `Learner` trait.
 
 pub mod dynamics;
+pub mod gradient;
 pub mod learning;
 pub mod network;
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod eqprop;
 pub mod error;
+pub mod gradcheck;
 pub mod plot;
 pub mod spiking;
 pub mod tensor;

@@ -56,6 +56,21 @@ enum Command {
         )]
         schemes: Vec<String>,
     },
+    /// EP's update against the exact gradient (recurrent backprop) on MNIST examples,
+    /// for beta from 1 to 0.001, one-sided and symmetric, f64 and f32: table, CSV, PNGs.
+    Gradcheck {
+        /// Preset whose architecture (and fresh Glorot weights) to measure.
+        #[arg(long, default_value = "eqprop-mnist-1h")]
+        preset: String,
+        /// A run directory whose trained weights to measure too.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Training examples averaged over.
+        #[arg(long, default_value_t = 8)]
+        examples: usize,
+        #[arg(long, default_value = "results/gradcheck")]
+        out: PathBuf,
+    },
     /// List the presets and their hyperparameters.
     Presets,
     /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
@@ -153,6 +168,12 @@ fn main() -> ExitCode {
             threads,
         }) => eval_cmd(&run, &split, threads),
         Some(Command::Compare { train, schemes }) => compare_cmd(train, &schemes),
+        Some(Command::Gradcheck {
+            preset,
+            run,
+            examples,
+            out,
+        }) => gradcheck_cmd(&preset, run.as_deref(), examples, &out),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,
@@ -460,6 +481,76 @@ fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
     }
     println!(
         "wrote {0}/compare.csv, {0}/error_vs_epoch.png, {0}/error_vs_seconds.png",
+        out.display()
+    );
+    Ok(())
+}
+
+fn gradcheck_cmd(
+    preset: &str,
+    run: Option<&std::path::Path>,
+    examples: usize,
+    out: &std::path::Path,
+) -> Result<()> {
+    use plasticity::eqprop::{EqProp, Network};
+    use plasticity::gradcheck;
+    use plasticity::train::Learner;
+    use rand::SeedableRng;
+    let cfg = match run {
+        Some(dir) => train::read_run_config(dir)?,
+        None => config::preset(preset)?,
+    };
+    // Validation examples: a trained net fits its training set to a cost of exactly 0.
+    let data = train::load_data(&cfg)?.val;
+    let n = examples.max(1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut sets = vec![("fresh".to_string(), Network::glorot(&cfg.layers, &mut rng))];
+    if let Some(dir) = run {
+        let mut learner = EqProp::new(
+            &Config {
+                persistent_particles: false,
+                eval_warm: false,
+                ..cfg.clone()
+            },
+            [0, 0, 0],
+        );
+        plasticity::train::checkpoint::Loaded::read(&dir.join(train::CHECKPOINT_FILE))?
+            .restore(learner.parameters_mut())?;
+        sets.push(("trained".to_string(), learner.net));
+    }
+    let mut rows = Vec::new();
+    for (label, net) in &sets {
+        eprintln!("measuring {label} weights on {n} examples...");
+        let (r, usage) = gradcheck::measure(label, net, &cfg, &data, n);
+        eprintln!(
+            "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
+            usage.used, usage.not_settled, usage.zero_gradient
+        );
+        rows.extend(r);
+    }
+    gradcheck::write(&rows, out)?;
+    let layers = cfg.layers.len() - 1;
+    print!(
+        "{:<8} {:<10} {:<4} {:>6}",
+        "weights", "nudging", "prec", "beta"
+    );
+    for k in 0..layers {
+        print!("   W{k},b{}: cos / |ep|/|grad|", k + 1);
+    }
+    println!();
+    for chunk in rows.chunks(layers) {
+        let r = &chunk[0];
+        print!(
+            "{:<8} {:<10} {:<4} {:>6}",
+            r.weights, r.nudging, r.precision, r.beta
+        );
+        for r in chunk {
+            print!("   {:>10.6} / {:>6.3}       ", r.cosine, r.norm_ratio);
+        }
+        println!();
+    }
+    println!(
+        "wrote {}/gradcheck.csv and gradcheck_<weights>.png",
         out.display()
     );
     Ok(())

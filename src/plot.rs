@@ -32,7 +32,26 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series<'_>],
 ) -> Result<()> {
-    chart(path, title, x_label, y_label, series, true)
+    chart(path, title, x_label, y_label, series, Some(percent))
+}
+
+/// A line chart with a log-scale y axis, values printed as they are.
+pub fn log_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+) -> Result<()> {
+    chart(path, title, x_label, y_label, series, Some(plain))
+}
+
+fn percent(v: &f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+fn plain(v: &f64) -> String {
+    format!("{v:.0e}")
 }
 
 /// A line chart with a linear y axis (zero marked) written to `path` as PNG.
@@ -43,7 +62,7 @@ pub fn linear_chart(
     y_label: &str,
     series: &[Series<'_>],
 ) -> Result<()> {
-    chart(path, title, x_label, y_label, series, false)
+    chart(path, title, x_label, y_label, series, None)
 }
 
 fn chart(
@@ -52,9 +71,10 @@ fn chart(
     x_label: &str,
     y_label: &str,
     series: &[Series<'_>],
-    log_y: bool,
+    log_format: Option<fn(&f64) -> String>,
 ) -> Result<()> {
     ensure_font();
+    let log_y = log_format.is_some();
     let err = |e: String| Error::Checkpoint(format!("cannot draw plot {}: {e}", path.display()));
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series
@@ -94,7 +114,7 @@ fn chart(
                 .configure_mesh()
                 .x_desc(x_label)
                 .y_desc(y_label)
-                .y_label_formatter(&|v| format!("{:.2}%", v * 100.0))
+                .y_label_formatter(&log_format.unwrap_or(percent))
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
             draw_series(&mut chart, series, |p| p.1 > 0.0).map_err(err)?;

@@ -1,0 +1,284 @@
+//! How close EP's local update comes to the true gradient (Scellier & Bengio,
+//! Theorem 1), measured on real MNIST examples.
+//!
+//! For each example: the free fixed point s* (long relaxation from rest), the
+//! exact dC/dtheta there by recurrent backprop (`eqprop::gradient`), and EP's
+//! update from a converged nudged phase at several beta, one-sided and
+//! symmetric, computed both in f64 and by the f32 training code itself. Per
+//! layer pair: the cosine between EP's update and -dC/dtheta, and their norm ratio.
+
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::eqprop::gradient::{self, Grads, States};
+use crate::eqprop::{Block, Network, Phase, learning};
+use crate::error::Result;
+use crate::plot::{PALETTE, Series, log_chart};
+use crate::train::checkpoint::write_atomic;
+use serde::Serialize;
+use std::path::Path;
+
+pub const BETAS: [f64; 9] = [1.0, 0.5, 0.2, 0.1, 0.05, 0.01, 1e-3, 1e-4, 1e-5];
+
+/// Steps for the free fixed point, the RBP recursion and the nudged phase: long
+/// enough that each has converged, so that only beta's effect remains.
+pub const FREE_STEPS: usize = 400;
+pub const NUDGED_STEPS: usize = 400;
+/// Examples examined at most to find the usable ones.
+pub const SCAN: usize = 300;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub weights: String,
+    pub nudging: &'static str,
+    pub precision: &'static str,
+    pub beta: f64,
+    pub layer: usize,
+    pub cosine: f64,
+    pub norm_ratio: f64,
+}
+
+fn add(acc: &mut Grads, g: &Grads) {
+    for (a, b) in acc
+        .weights
+        .iter_mut()
+        .zip(&g.weights)
+        .chain(acc.biases.iter_mut().zip(&g.biases))
+    {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    }
+}
+
+/// EP's update by the f32 training code: free phase, nudged phase(s), the rule.
+fn ep_f32(
+    net: &Network,
+    data: &Dataset,
+    idx: &[usize],
+    beta: f32,
+    symmetric: bool,
+    eps: f32,
+) -> Grads {
+    let n = idx.len();
+    let mut block = Block::new(&net.sizes, n);
+    block.rows = n;
+    let out = *net.sizes.last().unwrap();
+    for (i, &e) in idx.iter().enumerate() {
+        block.x.row_mut(i).copy_from_slice(data.images.row(e));
+        block.target.row_mut(i)[data.labels[e] as usize % out] = 1.0;
+    }
+    block.compute_input_drive(net);
+    block.relax(net, Phase::Free, FREE_STEPS, eps, 0.0);
+    block.start_from_free(Phase::Nudged);
+    block.relax(net, Phase::Nudged, NUDGED_STEPS, eps, beta);
+    let (minus, coef) = if symmetric {
+        block.start_from_free(Phase::NudgedNeg);
+        block.relax(net, Phase::NudgedNeg, NUDGED_STEPS, eps, -beta);
+        (Phase::NudgedNeg, 1.0 / (2.0 * beta))
+    } else {
+        (Phase::Free, 1.0 / beta)
+    };
+    block.prepare_update(Phase::Nudged, minus);
+    // Applied to zero parameters with unit rates, the update is read off directly.
+    let mut zero = net.clone();
+    zero.weights.iter_mut().for_each(|w| w.fill(0.0));
+    zero.biases.iter_mut().for_each(|b| b.fill(0.0));
+    let rates = vec![1.0; net.weights.len()];
+    learning::apply(
+        &mut zero,
+        std::slice::from_ref(&block),
+        Phase::Nudged,
+        minus,
+        coef,
+        &rates,
+        n,
+        1,
+    );
+    Grads {
+        weights: zero
+            .weights
+            .iter()
+            .map(|w| w.data.iter().map(|&v| v as f64).collect())
+            .collect(),
+        biases: zero
+            .biases
+            .iter()
+            .map(|b| b.iter().map(|&v| v as f64).collect())
+            .collect(),
+    }
+}
+
+/// What one measurement used: examples kept, and those skipped because their
+/// synchronous free phase had not settled (it can oscillate) or their cost was 0.
+#[derive(Clone, Debug, Serialize)]
+pub struct Usage {
+    pub weights: String,
+    pub used: usize,
+    pub not_settled: usize,
+    /// Skipped because dC/dtheta is exactly 0 there: zero cost, or every output
+    /// unit clipped at a bound (a hard-sigmoid unit there has no gradient).
+    pub zero_gradient: usize,
+}
+
+/// Measures one set of weights on the first `n` usable examples among the first
+/// `SCAN` of `data`: a true fixed point (largest change of the last step under
+/// 1e-10) with a nonzero gradient, since Theorem 1 speaks of fixed points and a
+/// zero gradient has no direction to compare.
+pub fn measure(
+    label: &str,
+    net: &Network,
+    cfg: &Config,
+    data: &Dataset,
+    n: usize,
+) -> (Vec<Row>, Usage) {
+    let eps = cfg.epsilon as f64;
+    let out = *net.sizes.last().unwrap();
+    let mut exact = Grads::zeros(net);
+    let mut ep64: Vec<[Grads; 2]> = BETAS
+        .iter()
+        .map(|_| [Grads::zeros(net), Grads::zeros(net)])
+        .collect();
+    let mut usage = Usage {
+        weights: label.to_string(),
+        used: 0,
+        not_settled: 0,
+        zero_gradient: 0,
+    };
+    let mut idx = Vec::new();
+    for i in 0..data.len().min(SCAN) {
+        if idx.len() == n {
+            break;
+        }
+        let mut s0: States = vec![data.images.row(i).iter().map(|&v| v as f64).collect()];
+        s0.extend(net.sizes[1..].iter().map(|&k| vec![0.0; k]));
+        let target: Vec<f64> = (0..out)
+            .map(|j| (j == data.labels[i] as usize) as u8 as f64)
+            .collect();
+        let before = (0..FREE_STEPS - 1).fold(s0, |s, _| gradient::free_step(net, &s, eps));
+        let s_star = gradient::free_step(net, &before, eps);
+        let moved = s_star
+            .iter()
+            .zip(&before)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f64::max);
+        if moved > 1e-10 {
+            usage.not_settled += 1;
+            continue;
+        }
+        let g = gradient::rbp(net, &s_star, &target, FREE_STEPS, eps);
+        let norm: f64 = (0..g.weights.len())
+            .map(|k| g.layer(k).iter().map(|v| v * v).sum::<f64>())
+            .sum();
+        if norm < 1e-24 {
+            usage.zero_gradient += 1;
+            continue;
+        }
+        idx.push(i);
+        add(&mut exact, &g);
+        for (b, &beta) in BETAS.iter().enumerate() {
+            for (m, symmetric) in [false, true].into_iter().enumerate() {
+                let e = gradient::ep_estimate(
+                    net,
+                    &s_star,
+                    &target,
+                    beta,
+                    NUDGED_STEPS,
+                    eps,
+                    symmetric,
+                );
+                add(&mut ep64[b][m], &e);
+            }
+        }
+    }
+    usage.used = idx.len();
+    let n = idx.len().max(1);
+    let neg: Vec<Vec<f64>> = (0..net.weights.len())
+        .map(|k| exact.layer(k).iter().map(|v| -v / n as f64).collect())
+        .collect();
+    let mut rows = Vec::new();
+    for (b, &beta) in BETAS.iter().enumerate() {
+        for (m, nudging) in ["one-sided", "symmetric"].into_iter().enumerate() {
+            let f32_update = ep_f32(net, data, &idx, beta as f32, m == 1, cfg.epsilon);
+            for (precision, g) in [("f64", None), ("f32", Some(&f32_update))] {
+                for (k, truth) in neg.iter().enumerate() {
+                    let est: Vec<f64> = match g {
+                        Some(g) => g.layer(k),
+                        None => ep64[b][m].layer(k).iter().map(|v| v / n as f64).collect(),
+                    };
+                    let (cosine, norm_ratio) = gradient::compare(&est, truth);
+                    rows.push(Row {
+                        weights: label.to_string(),
+                        nudging,
+                        precision,
+                        beta,
+                        layer: k,
+                        cosine,
+                        norm_ratio,
+                    });
+                }
+            }
+        }
+    }
+    (rows, usage)
+}
+
+/// Writes `gradcheck.csv` and one PNG per set of weights: 1 - cosine (worst
+/// layer) against beta, per nudging and precision.
+pub fn write(rows: &[Row], out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| crate::Error::io("cannot create output directory", out, e))?;
+    let mut csv = String::from("weights,nudging,precision,beta,layer,cosine,norm_ratio\n");
+    for r in rows {
+        csv += &format!(
+            "{},{},{},{},{},{},{}\n",
+            r.weights, r.nudging, r.precision, r.beta, r.layer, r.cosine, r.norm_ratio
+        );
+    }
+    write_atomic(&out.join("gradcheck.csv"), csv.as_bytes())?;
+    let mut labels: Vec<&str> = rows.iter().map(|r| r.weights.as_str()).collect();
+    labels.dedup();
+    for label in labels {
+        let mut series = Vec::new();
+        for (i, (nudging, precision)) in [
+            ("one-sided", "f64"),
+            ("one-sided", "f32"),
+            ("symmetric", "f64"),
+            ("symmetric", "f32"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let points: Vec<(f64, f64)> = BETAS
+                .iter()
+                .map(|&beta| {
+                    let worst = rows
+                        .iter()
+                        .filter(|r| {
+                            r.weights == label
+                                && r.nudging == nudging
+                                && r.precision == precision
+                                && r.beta == beta
+                        })
+                        .map(|r| 1.0 - r.cosine)
+                        .fold(0.0f64, f64::max);
+                    (beta.log10(), worst.max(1e-16))
+                })
+                .collect();
+            series.push((format!("{nudging}, {precision}"), points, PALETTE[i]));
+        }
+        let series: Vec<Series<'_>> = series
+            .iter()
+            .map(|(name, points, color)| Series {
+                name,
+                points: points.clone(),
+                color: *color,
+            })
+            .collect();
+        log_chart(
+            &out.join(format!("gradcheck_{label}.png")),
+            &format!("EP's update vs the exact gradient ({label} weights)"),
+            "log10 beta",
+            "1 - cosine (worst layer, log scale)",
+            &series,
+        )?;
+    }
+    Ok(())
+}

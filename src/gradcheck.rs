@@ -23,6 +23,9 @@ pub const BETAS: [f64; 9] = [1.0, 0.5, 0.2, 0.1, 0.05, 0.01, 1e-3, 1e-4, 1e-5];
 /// enough that each has converged, so that only beta's effect remains.
 pub const FREE_STEPS: usize = 400;
 pub const NUDGED_STEPS: usize = 400;
+/// Step and length of the adjoint (RBP) recursion.
+pub const ADJOINT_EPS: f64 = 0.1;
+pub const ADJOINT_ITERS: usize = 1500;
 /// Examples examined at most to find the usable ones.
 pub const SCAN: usize = 300;
 
@@ -118,6 +121,95 @@ pub struct Usage {
     pub zero_gradient: usize,
 }
 
+/// An example usable for gradient checks: its index, free fixed point, one-hot
+/// target and the exact gradient there.
+pub type Usable = (usize, States, Vec<f64>, Grads);
+
+/// The first `n` usable examples among the first `SCAN` of `data`: a true fixed
+/// point (largest change of the last step under 1e-10) and a nonzero gradient.
+pub fn usable(
+    label: &str,
+    net: &Network,
+    data: &Dataset,
+    n: usize,
+    eps: f64,
+) -> (Vec<Usable>, Usage) {
+    let out = *net.sizes.last().unwrap();
+    let mut usage = Usage {
+        weights: label.to_string(),
+        used: 0,
+        not_settled: 0,
+        zero_gradient: 0,
+    };
+    let mut found = Vec::new();
+    for i in 0..data.len().min(SCAN) {
+        if found.len() == n {
+            break;
+        }
+        let mut s0: States = vec![data.images.row(i).iter().map(|&v| v as f64).collect()];
+        s0.extend(net.sizes[1..].iter().map(|&k| vec![0.0; k]));
+        let target: Vec<f64> = (0..out)
+            .map(|j| (j == data.labels[i] as usize) as u8 as f64)
+            .collect();
+        // The fixed point by even/odd steps (synchronous ones can oscillate for
+        // ever in deeper nets), checked as a fixed point of the synchronous step.
+        let s_star = (0..FREE_STEPS).fold(s0, |s, _| gradient::even_odd_step(net, &s));
+        let before = s_star.clone();
+        let s_star = gradient::free_step(net, &s_star, eps);
+        let moved = s_star
+            .iter()
+            .zip(&before)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f64::max);
+        if moved > 1e-10 {
+            usage.not_settled += 1;
+            continue;
+        }
+        // A small step keeps the adjoint recursion stable where the synchronous
+        // dynamics are not; its limit, the implicit gradient, does not depend on it.
+        let g = gradient::rbp(net, &s_star, &target, ADJOINT_ITERS, ADJOINT_EPS);
+        let norm: f64 = (0..g.weights.len())
+            .map(|k| g.layer(k).iter().map(|v| v * v).sum::<f64>())
+            .sum();
+        if norm < 1e-24 {
+            usage.zero_gradient += 1;
+            continue;
+        }
+        found.push((i, s_star, target, g));
+    }
+    usage.used = found.len();
+    (found, usage)
+}
+
+/// Early inference on usable examples: mean cosine per step t (rows) and layer
+/// (columns) between the state change and -dC/ds_k, NaN where not yet reached.
+pub fn early(
+    label: &str,
+    net: &Network,
+    cfg: &Config,
+    data: &Dataset,
+    n: usize,
+    steps: usize,
+    beta: f64,
+) -> (Vec<Vec<f64>>, Usage) {
+    let (found, usage) = usable(label, net, data, n, cfg.epsilon as f64);
+    let depth = net.depth();
+    let mut sum = vec![vec![0.0; depth]; steps];
+    for (_, s_star, target, _) in &found {
+        let c = gradient::early_inference(net, s_star, target, beta, steps, cfg.epsilon as f64);
+        for (row, crow) in sum.iter_mut().zip(&c) {
+            row.iter_mut().zip(crow).for_each(|(a, b)| *a += b);
+        }
+    }
+    let m = found.len().max(1) as f64;
+    (
+        sum.into_iter()
+            .map(|r| r.into_iter().map(|v| v / m).collect())
+            .collect(),
+        usage,
+    )
+}
+
 /// Measures one set of weights on the first `n` usable examples among the first
 /// `SCAN` of `data`: a true fixed point (largest change of the last step under
 /// 1e-10) with a nonzero gradient, since Theorem 1 speaks of fixed points and a
@@ -130,47 +222,14 @@ pub fn measure(
     n: usize,
 ) -> (Vec<Row>, Usage) {
     let eps = cfg.epsilon as f64;
-    let out = *net.sizes.last().unwrap();
     let mut exact = Grads::zeros(net);
     let mut ep64: Vec<[Grads; 2]> = BETAS
         .iter()
         .map(|_| [Grads::zeros(net), Grads::zeros(net)])
         .collect();
-    let mut usage = Usage {
-        weights: label.to_string(),
-        used: 0,
-        not_settled: 0,
-        zero_gradient: 0,
-    };
+    let (found, usage) = usable(label, net, data, n, eps);
     let mut idx = Vec::new();
-    for i in 0..data.len().min(SCAN) {
-        if idx.len() == n {
-            break;
-        }
-        let mut s0: States = vec![data.images.row(i).iter().map(|&v| v as f64).collect()];
-        s0.extend(net.sizes[1..].iter().map(|&k| vec![0.0; k]));
-        let target: Vec<f64> = (0..out)
-            .map(|j| (j == data.labels[i] as usize) as u8 as f64)
-            .collect();
-        let before = (0..FREE_STEPS - 1).fold(s0, |s, _| gradient::free_step(net, &s, eps));
-        let s_star = gradient::free_step(net, &before, eps);
-        let moved = s_star
-            .iter()
-            .zip(&before)
-            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-            .fold(0.0, f64::max);
-        if moved > 1e-10 {
-            usage.not_settled += 1;
-            continue;
-        }
-        let g = gradient::rbp(net, &s_star, &target, FREE_STEPS, eps);
-        let norm: f64 = (0..g.weights.len())
-            .map(|k| g.layer(k).iter().map(|v| v * v).sum::<f64>())
-            .sum();
-        if norm < 1e-24 {
-            usage.zero_gradient += 1;
-            continue;
-        }
+    for (i, s_star, target, g) in found {
         idx.push(i);
         add(&mut exact, &g);
         for (b, &beta) in BETAS.iter().enumerate() {
@@ -188,7 +247,6 @@ pub fn measure(
             }
         }
     }
-    usage.used = idx.len();
     let n = idx.len().max(1);
     let neg: Vec<Vec<f64>> = (0..net.weights.len())
         .map(|k| exact.layer(k).iter().map(|v| -v / n as f64).collect())

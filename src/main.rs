@@ -71,6 +71,24 @@ enum Command {
         #[arg(long, default_value = "results/gradcheck")]
         out: PathBuf,
     },
+    /// Early inference (Bengio & Fischer 2015): after t nudged steps, the change of each
+    /// layer against -dC/ds of that layer by backprop at the fixed point; CSV and PNG.
+    Early {
+        /// Preset for fresh weights (ignored with --run).
+        #[arg(long, default_value = "eqprop-mnist-2h")]
+        preset: String,
+        /// A run directory whose trained weights to use.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        examples: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        beta: f64,
+        #[arg(long, default_value = "results/early-inference")]
+        out: PathBuf,
+    },
     /// List the presets and their hyperparameters.
     Presets,
     /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
@@ -174,6 +192,14 @@ fn main() -> ExitCode {
             examples,
             out,
         }) => gradcheck_cmd(&preset, run.as_deref(), examples, &out),
+        Some(Command::Early {
+            preset,
+            run,
+            examples,
+            steps,
+            beta,
+            out,
+        }) => early_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,
@@ -481,6 +507,119 @@ fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
     }
     println!(
         "wrote {0}/compare.csv, {0}/error_vs_epoch.png, {0}/error_vs_seconds.png",
+        out.display()
+    );
+    Ok(())
+}
+
+/// The config and weights a measurement uses: a run's trained weights, or a
+/// preset's fresh Glorot weights.
+fn weights_for(
+    preset: &str,
+    run: Option<&std::path::Path>,
+) -> Result<(Config, plasticity::eqprop::Network, &'static str)> {
+    use plasticity::eqprop::{EqProp, Network};
+    use plasticity::train::Learner;
+    use rand::SeedableRng;
+    match run {
+        Some(dir) => {
+            let cfg = train::read_run_config(dir)?;
+            let lean = Config {
+                persistent_particles: false,
+                eval_warm: false,
+                ..cfg.clone()
+            };
+            let mut learner = EqProp::new(&lean, [0, 0, 0]);
+            plasticity::train::checkpoint::Loaded::read(&dir.join(train::CHECKPOINT_FILE))?
+                .restore(learner.parameters_mut())?;
+            Ok((cfg, learner.net, "trained"))
+        }
+        None => {
+            let cfg = config::preset(preset)?;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+            let net = Network::glorot(&cfg.layers, &mut rng);
+            Ok((cfg, net, "fresh"))
+        }
+    }
+}
+
+fn early_cmd(
+    preset: &str,
+    run: Option<&std::path::Path>,
+    examples: usize,
+    steps: usize,
+    beta: f64,
+    out: &std::path::Path,
+) -> Result<()> {
+    use plasticity::plot::{PALETTE, Series, linear_chart};
+    let (cfg, net, label) = weights_for(preset, run)?;
+    let data = train::load_data(&cfg)?.val;
+    eprintln!("early inference with {label} weights, beta {beta}...");
+    let (cos, usage) =
+        plasticity::gradcheck::early(label, &net, &cfg, &data, examples.max(1), steps, beta);
+    eprintln!(
+        "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
+        usage.used, usage.not_settled, usage.zero_gradient
+    );
+    let depth = net.depth();
+    print!("{:>4}", "t");
+    for k in 1..=depth {
+        print!(
+            "  {:>9}",
+            if k == depth {
+                "output".to_string()
+            } else {
+                format!("layer {k}")
+            }
+        );
+    }
+    println!();
+    let mut csv = String::from("t,layer,cosine\n");
+    for (t, row) in cos.iter().enumerate() {
+        print!("{:>4}", t + 1);
+        for (k, c) in row.iter().enumerate() {
+            print!("  {c:>9.4}");
+            csv += &format!("{},{},{}\n", t + 1, k + 1, c);
+        }
+        println!();
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::io("cannot create output directory", out, e))?;
+    plasticity::train::checkpoint::write_atomic(&out.join("early_inference.csv"), csv.as_bytes())?;
+    let names: Vec<String> = (1..=depth)
+        .map(|k| {
+            if k == depth {
+                "output".into()
+            } else {
+                format!("hidden layer {k}")
+            }
+        })
+        .collect();
+    let series: Vec<Series<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| Series {
+            name,
+            points: cos
+                .iter()
+                .enumerate()
+                .map(|(t, row)| ((t + 1) as f64, row[k]))
+                .collect(),
+            color: PALETTE[k % PALETTE.len()],
+        })
+        .collect();
+    linear_chart(
+        &out.join("early_inference.png"),
+        &format!(
+            "state change after t nudged steps vs -dC/ds ({label} {} weights)",
+            cfg.preset
+        ),
+        "nudged steps t",
+        "cosine with -dC/ds_k",
+        &series,
+    )?;
+    println!(
+        "wrote {0}/early_inference.csv and {0}/early_inference.png",
         out.display()
     );
     Ok(())

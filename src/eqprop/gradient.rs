@@ -94,6 +94,20 @@ pub fn free_step(net: &Network, s: &States, eps: f64) -> States {
     out
 }
 
+/// One even/odd step: layers 1, 3, ... then 2, 4, ... each set to clip(drive + b),
+/// the minimiser of E given its neighbours. E never rises, so unlike the
+/// synchronous step it cannot oscillate; its fixed points are the same.
+pub fn even_odd_step(net: &Network, s: &States) -> States {
+    let mut s = s.clone();
+    for parity in [1, 0] {
+        let a = pre_activation(net, &s, 1.0);
+        for k in (1..=net.depth()).filter(|k| k % 2 == parity) {
+            s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
+        }
+    }
+    s
+}
+
 /// C = 1/2 |s_out - d|^2.
 pub fn cost(s: &States, target: &[f64]) -> f64 {
     s.last()
@@ -369,5 +383,120 @@ mod tests {
             "symmetric ratio {symmetric}"
         );
         assert!(err(0.05, true) < err(0.05, false));
+    }
+}
+
+/// dC/ds_k by backprop through the layers at the states `s`, as if the net were
+/// feed-forward from each layer to the output: delta_out = (s_out - d) * rho'(s_out),
+/// delta_k = (delta_{k+1} W_k^T) * rho'(s_k) with rho' = 1 strictly inside (0, 1)
+/// (a unit clipped at a bound does not move for a small nudge).
+pub fn layer_gradients(net: &Network, s: &States, target: &[f64]) -> States {
+    let depth = net.depth();
+    let inside = |v: f64| v > 0.0 && v < 1.0;
+    let mut delta: States = s.iter().map(|v| vec![0.0; v.len()]).collect();
+    delta[depth] = s[depth]
+        .iter()
+        .zip(target)
+        .map(|(&o, t)| if inside(o) { o - t } else { 0.0 })
+        .collect();
+    for k in (1..depth).rev() {
+        let w = &net.weights[k];
+        for i in 0..w.rows {
+            let inside = s[k][i] > 0.0 && s[k][i] < 1.0;
+            delta[k][i] = if inside {
+                w.row(i)
+                    .iter()
+                    .zip(&delta[k + 1])
+                    .map(|(&wij, d)| wij as f64 * d)
+                    .sum()
+            } else {
+                0.0
+            };
+        }
+    }
+    delta
+}
+
+/// Early inference (Bengio & Fischer, arXiv 1510.02777): from the fixed point
+/// `s_star`, nudge the output by `beta` and run `steps` synchronous steps. Returns,
+/// per step t = 1..=steps and per layer k = 1..=L+1, the cosine between the
+/// change s_k(t) - s_k* and -dC/ds_k from `layer_gradients` (NaN while the
+/// change is still below 1e-6 eps beta: the nudge has not reached that layer yet).
+pub fn early_inference(
+    net: &Network,
+    s_star: &States,
+    target: &[f64],
+    beta: f64,
+    steps: usize,
+    eps: f64,
+) -> Vec<Vec<f64>> {
+    let grads = layer_gradients(net, s_star, target);
+    let mut s = s_star.clone();
+    let mut out = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let mut a = pre_activation(net, &s, eps);
+        let last = a.len() - 1;
+        for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
+            *av += eps * beta * (t - o);
+        }
+        for k in 1..a.len() {
+            s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
+        }
+        let row = (1..s.len())
+            .map(|k| {
+                let change: Vec<f64> = s[k].iter().zip(&s_star[k]).map(|(a, b)| a - b).collect();
+                let neg: Vec<f64> = grads[k].iter().map(|g| -g).collect();
+                // Not reached yet: nothing beyond the fixed point's own residual.
+                if change.iter().all(|c| c.abs() < 1e-6 * eps * beta.abs()) {
+                    f64::NAN
+                } else {
+                    compare(&change, &neg).0
+                }
+            })
+            .collect();
+        out.push(row);
+    }
+    out
+}
+
+#[cfg(test)]
+mod early_tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn the_nudge_reaches_layer_k_after_depth_minus_k_steps_along_the_gradient() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut net = Network::glorot(&[8, 7, 6, 5, 4], &mut rng);
+        for w in &mut net.weights {
+            w.data.iter_mut().for_each(|v| *v *= 0.4);
+        }
+        for b in &mut net.biases {
+            b.iter_mut().for_each(|v| *v = rng.random_range(0.3..0.5));
+        }
+        let mut s0: States = vec![(0..8).map(|_| rng.random_range(0.0..1.0)).collect()];
+        s0.extend(net.sizes[1..].iter().map(|&n| vec![0.0; n]));
+        let target = vec![0.0, 1.0, 0.0, 0.0];
+        let s_star = (0..400).fold(s0, |s, _| free_step(&net, &s, 0.5));
+        let c = early_inference(&net, &s_star, &target, 1e-4, 6, 0.5);
+        // Output (index 3) moves at step 1, layer 3 at step 2, layer 2 at 3, layer 1 at 4.
+        for (t, row) in c.iter().enumerate() {
+            for (k, &cos) in row.iter().enumerate() {
+                let reached = t + 1 >= row.len() - k;
+                assert_eq!(
+                    !cos.is_nan(),
+                    reached,
+                    "step {} layer {}: {cos}",
+                    t + 1,
+                    k + 1
+                );
+            }
+        }
+        // On first arrival the change points along -dC/ds (the backprop direction).
+        for k in 0..4 {
+            let first = c[3 - k][k];
+            assert!(first > 0.99, "layer {}: cosine {first} on arrival", k + 1);
+        }
     }
 }

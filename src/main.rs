@@ -422,11 +422,18 @@ fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) 
         .iter()
         .filter(|w| w.protocol == "pairing")
         .collect();
-    println!("pairing protocol: mean weight change per pairing (dV/dt at the pre spike, mV/ms)");
+    println!(
+        "pairing protocol: mean weight change per pairing (dV/dt at the pre spike, mV/ms, eta = 1)\n\
+         and relative change (per cent of that model's largest |change|)"
+    );
     print!("{:>8}", "dt (ms)");
     for (i, _) in pairing.iter().enumerate() {
-        print!("  {:>16}", format!("model {}", i + 1));
+        print!("  {:>24}", format!("model {}", i + 1));
     }
+    let peak: Vec<f64> = pairing
+        .iter()
+        .map(|w| w.points.iter().map(|p| p.dw.abs()).fold(0.0, f64::max))
+        .collect();
     println!();
     for k in 0..pairing[0].points.len() {
         let dt = pairing[0].points[k].dt_ms;
@@ -434,9 +441,14 @@ fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) 
             continue;
         }
         print!("{dt:>8.0}");
-        for w in &pairing {
+        for (w, peak) in pairing.iter().zip(&peak) {
             let p = &w.points[k];
-            print!("  {:>8.4} ± {:.4}", p.dw, p.sem);
+            print!(
+                "  {:>8.4} ± {:.4} {:>+6.1}%",
+                p.dw,
+                p.sem,
+                100.0 * p.dw / peak
+            );
         }
         println!();
     }

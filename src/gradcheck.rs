@@ -165,6 +165,14 @@ pub fn usable(
             usage.not_settled += 1;
             continue;
         }
+        // Every output unit clipped (or on target): the gradient is exactly zero.
+        if gradient::layer_gradients(net, &s_star, &target)[net.depth()]
+            .iter()
+            .all(|d| *d == 0.0)
+        {
+            usage.zero_gradient += 1;
+            continue;
+        }
         // A small step keeps the adjoint recursion stable where the synchronous
         // dynamics are not; its limit, the implicit gradient, does not depend on it.
         let g = gradient::rbp(net, &s_star, &target, ADJOINT_ITERS, ADJOINT_EPS);

@@ -115,9 +115,10 @@ pub fn load(dir: &Path) -> Result<Splits> {
     };
     let full = to_dataset(read(TRAIN_IMAGES, 3)?, read(TRAIN_LABELS, 1)?, dir)?;
     let test = to_dataset(read(TEST_IMAGES, 3)?, read(TEST_LABELS, 1)?, dir)?;
-    if full.len() < 2 || test.is_empty() {
+    if full.len() < 6 || test.is_empty() {
         return Err(Error::Data(format!(
-            "data in {} is too small: {} training and {} test examples",
+            "data in {} is too small: {} training and {} test examples (need at least 6 training \
+             images, the last sixth of which become the validation set, and 1 test image)",
             dir.display(),
             full.len(),
             test.len()

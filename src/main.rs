@@ -89,6 +89,11 @@ enum Command {
         #[arg(long, default_value = "results/early-inference")]
         out: PathBuf,
     },
+    /// Redraw a run's learning_curve.png from its metrics.jsonl.
+    Plot {
+        #[arg(long)]
+        run: PathBuf,
+    },
     /// List the presets and their hyperparameters.
     Presets,
     /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
             beta,
             out,
         }) => early_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
+        Some(Command::Plot { run }) => train::replot(&run),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,

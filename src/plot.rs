@@ -138,32 +138,46 @@ fn chart(
     std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename plot into place", path, e))
 }
 
-/// Train/validation/test error per epoch (log scale; a 0.00% point is left out).
+/// Train/validation/test error per epoch (log scale; a 0.00% point is left
+/// out), with the warm-started errors where the run scored them.
 pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Result<()> {
     let pick =
         |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect();
+    let mut series = vec![
+        Series {
+            name: "train",
+            points: pick(|m| m.train_error),
+            color: PALETTE[0],
+        },
+        Series {
+            name: "validation",
+            points: pick(|m| m.val_error),
+            color: PALETTE[1],
+        },
+        Series {
+            name: "test",
+            points: pick(|m| m.test_error),
+            color: PALETTE[2],
+        },
+    ];
+    if history.iter().any(|m| m.val_error_warm.is_some()) {
+        series.push(Series {
+            name: "validation (warm)",
+            points: pick(|m| m.val_error_warm.unwrap_or(f64::NAN)),
+            color: PALETTE[3],
+        });
+        series.push(Series {
+            name: "test (warm)",
+            points: pick(|m| m.test_error_warm.unwrap_or(f64::NAN)),
+            color: PALETTE[4],
+        });
+    }
     line_chart(
         path,
         &format!("{title}: error per epoch"),
         "epoch",
         "error (log scale)",
-        &[
-            Series {
-                name: "train",
-                points: pick(|m| m.train_error),
-                color: RGBColor(31, 119, 180),
-            },
-            Series {
-                name: "validation",
-                points: pick(|m| m.val_error),
-                color: RGBColor(255, 127, 14),
-            },
-            Series {
-                name: "test",
-                points: pick(|m| m.test_error),
-                color: RGBColor(44, 160, 44),
-            },
-        ],
+        &series,
     )
 }
 

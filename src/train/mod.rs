@@ -436,3 +436,17 @@ pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(
         Ok((learner.evaluate(data), epoch))
     })
 }
+
+/// Redraws a run directory's learning curve from its metrics.jsonl.
+pub fn replot(dir: &Path) -> Result<()> {
+    let cfg = read_run_config(dir)?;
+    let path = dir.join(METRICS_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read metrics", &path, e))?;
+    let history = text
+        .lines()
+        .map(|l| serde_json::from_str(l))
+        .collect::<std::result::Result<Vec<EpochMetrics>, _>>()
+        .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
+    crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, &history)
+}

@@ -445,7 +445,7 @@ pub fn replot(dir: &Path) -> Result<()> {
         std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read metrics", &path, e))?;
     let history = text
         .lines()
-        .map(|l| serde_json::from_str(l))
+        .map(serde_json::from_str)
         .collect::<std::result::Result<Vec<EpochMetrics>, _>>()
         .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
     crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, &history)

@@ -500,3 +500,103 @@ mod early_tests {
         }
     }
 }
+
+/// Flattens every parameter of `g` into one vector.
+fn flat(g: &Grads) -> Vec<f64> {
+    (0..g.weights.len()).flat_map(|k| g.layer(k)).collect()
+}
+
+/// Step by step, EP against BPTT (the "gradient descending updates" property,
+/// Ernoult et al. 2019): the free phase runs `free` steps from `s0` (to its fixed
+/// point); BPTT's contribution of the k-th step from the end,
+/// dC/dtheta(T - k), is compared with EP's k-th nudged-phase update
+/// (1 / beta) [s^b_k s^b_k - s^b_{k-1} s^b_{k-1}] (the increment of
+/// -dE/dtheta over one nudged step). Returns, for k = 1..=steps, (cosine with
+/// -dC/dtheta(T - k), norm ratio).
+pub fn ep_vs_bptt_per_step(
+    net: &Network,
+    s0: &States,
+    target: &[f64],
+    free: usize,
+    steps: usize,
+    beta: f64,
+    eps: f64,
+) -> Vec<(f64, f64)> {
+    let mut traj = vec![s0.clone()];
+    let mut pre = Vec::with_capacity(free);
+    for _ in 0..free {
+        let s = traj.last().unwrap();
+        pre.push(pre_activation(net, s, eps));
+        traj.push(free_step(net, s, eps));
+    }
+    let mut per_step = Vec::with_capacity(steps);
+    let mut g = output_grad(traj.last().unwrap(), target);
+    for t in (free - steps..free).rev() {
+        let mut grads = Grads::zeros(net);
+        g = backward_step(net, &traj[t], &pre[t], &g, eps, &mut grads);
+        per_step.push(flat(&grads));
+    }
+    let s_star = traj.pop().unwrap();
+    let outer = |s: &States| -> Grads {
+        let mut o = Grads::zeros(net);
+        for k in 0..net.weights.len() {
+            let cols = net.sizes[k + 1];
+            for i in 0..net.sizes[k] {
+                for j in 0..cols {
+                    o.weights[k][i * cols + j] = s[k][i] * s[k + 1][j];
+                }
+            }
+            o.biases[k].copy_from_slice(&s[k + 1]);
+        }
+        o
+    };
+    let mut s = s_star;
+    let mut prev = flat(&outer(&s));
+    let mut out = Vec::with_capacity(steps);
+    for bptt in per_step {
+        let mut a = pre_activation(net, &s, eps);
+        let last = a.len() - 1;
+        for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
+            *av += eps * beta * (t - o);
+        }
+        for k in 1..a.len() {
+            s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
+        }
+        let now = flat(&outer(&s));
+        let ep: Vec<f64> = now.iter().zip(&prev).map(|(n, p)| (n - p) / beta).collect();
+        let neg: Vec<f64> = bptt.iter().map(|v| -v).collect();
+        out.push(compare(&ep, &neg));
+        prev = now;
+    }
+    out
+}
+
+#[cfg(test)]
+mod gdu_tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn each_nudged_step_of_ep_matches_the_bptt_step_it_mirrors() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut net = Network::glorot(&[8, 7, 6, 5], &mut rng);
+        for w in &mut net.weights {
+            w.data.iter_mut().for_each(|v| *v *= 0.4);
+        }
+        for b in &mut net.biases {
+            b.iter_mut().for_each(|v| *v = rng.random_range(0.3..0.5));
+        }
+        let mut s0: States = vec![(0..8).map(|_| rng.random_range(0.0..1.0)).collect()];
+        s0.extend(net.sizes[1..].iter().map(|&n| vec![0.0; n]));
+        let target = vec![0.0, 1.0, 0.0, 0.0, 0.0];
+        let per_step = ep_vs_bptt_per_step(&net, &s0, &target, 300, 8, 1e-5, 0.5);
+        for (k, (cos, ratio)) in per_step.iter().enumerate() {
+            assert!(
+                *cos > 0.9999 && (ratio - 1.0).abs() < 1e-3,
+                "step {}: cosine {cos}, ratio {ratio}",
+                k + 1
+            );
+        }
+    }
+}

@@ -88,7 +88,14 @@ fn relax_generic(
     let mut max = [0.0f32; LANES];
     #[inline(always)]
     fn lane_max(m: f32, d: f32) -> f32 {
-        if d > m { d } else { m }
+        // A NaN wins and stays, so divergence surfaces in the result.
+        if d.is_nan() || m.is_nan() {
+            f32::NAN
+        } else if d > m {
+            d
+        } else {
+            m
+        }
     }
     for r in 0..rows {
         let sr = &mut s[r * n..(r + 1) * n];
@@ -129,13 +136,7 @@ fn relax_generic(
             }
         }
     }
-    // NaN anywhere must surface: lane_max drops NaN, so check the states too.
-    let m = max.iter().fold(0.0f32, |a, &b| a.max(b));
-    if s.iter().any(|v| v.is_nan()) {
-        f32::NAN
-    } else {
-        m
-    }
+    max.iter().fold(0.0f32, |a, &b| lane_max(a, b))
 }
 
 /// `out = a - b`, element-wise.
@@ -247,6 +248,15 @@ mod tests {
                 prop_assert_eq!(out[i], a[i] + bias0[i % n]);
             }
         }
+    }
+
+    #[test]
+    fn relax_layer_reports_nan() {
+        let mut s = vec![0.5f32; 40];
+        let mut drive = vec![0.1f32; 40];
+        drive[33] = f32::NAN;
+        let change = relax_layer(&mut s, &drive, &[0.0; 20], 0, 20, 0.5, None);
+        assert!(change.is_nan() && s[33].is_nan());
     }
 
     #[test]

@@ -94,6 +94,32 @@ pub fn free_step(net: &Network, s: &States, eps: f64) -> States {
     out
 }
 
+/// One synchronous step with the output nudged toward `target` by `beta`.
+fn nudged_step(net: &Network, s: &States, target: &[f64], beta: f64, eps: f64) -> States {
+    let mut a = pre_activation(net, s, eps);
+    let last = a.len() - 1;
+    for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
+        *av += eps * beta * (t - o);
+    }
+    let mut out = s.clone();
+    for k in 1..a.len() {
+        out[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
+    }
+    out
+}
+
+/// `steps` free steps from `s0`: the states s_0..=s_T and the pre-activations a_0..a_{T-1}.
+fn unroll(net: &Network, s0: &States, steps: usize, eps: f64) -> (Vec<States>, Vec<States>) {
+    let mut traj = vec![s0.clone()];
+    let mut pre = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let s = traj.last().unwrap();
+        pre.push(pre_activation(net, s, eps));
+        traj.push(free_step(net, s, eps));
+    }
+    (traj, pre)
+}
+
 /// One even/odd step: layers 1, 3, ... then 2, 4, ... each set to clip(drive + b),
 /// the minimiser of E given its neighbours. E never rises, so unlike the
 /// synchronous step it cannot oscillate; its fixed points are the same.
@@ -197,13 +223,7 @@ fn output_grad(s: &States, target: &[f64]) -> States {
 
 /// BPTT: runs `steps` free steps from `s0` and returns (final states, dC/dtheta).
 pub fn bptt(net: &Network, s0: &States, target: &[f64], steps: usize, eps: f64) -> (States, Grads) {
-    let mut traj = vec![s0.clone()];
-    let mut pre = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let s = traj.last().unwrap();
-        pre.push(pre_activation(net, s, eps));
-        traj.push(free_step(net, s, eps));
-    }
+    let (mut traj, pre) = unroll(net, s0, steps, eps);
     let mut grads = Grads::zeros(net);
     let mut g = output_grad(traj.last().unwrap(), target);
     for t in (0..steps).rev() {
@@ -236,20 +256,7 @@ pub fn ep_estimate(
     eps: f64,
     symmetric: bool,
 ) -> Grads {
-    let nudged = |b: f64| {
-        let mut s = s0.clone();
-        for _ in 0..steps {
-            let mut a = pre_activation(net, &s, eps);
-            let last = a.len() - 1;
-            for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
-                *av += eps * b * (t - o);
-            }
-            for k in 1..a.len() {
-                s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
-            }
-        }
-        s
-    };
+    let nudged = |b: f64| (0..steps).fold(s0.clone(), |s, _| nudged_step(net, &s, target, b, eps));
     let (plus, minus, coef) = if symmetric {
         (nudged(beta), nudged(-beta), 1.0 / (2.0 * beta))
     } else {
@@ -434,14 +441,7 @@ pub fn early_inference(
     let mut s = s_star.clone();
     let mut out = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let mut a = pre_activation(net, &s, eps);
-        let last = a.len() - 1;
-        for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
-            *av += eps * beta * (t - o);
-        }
-        for k in 1..a.len() {
-            s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
-        }
+        s = nudged_step(net, &s, target, beta, eps);
         let row = (1..s.len())
             .map(|k| {
                 let change: Vec<f64> = s[k].iter().zip(&s_star[k]).map(|(a, b)| a - b).collect();
@@ -522,13 +522,7 @@ pub fn ep_vs_bptt_per_step(
     beta: f64,
     eps: f64,
 ) -> Vec<(f64, f64)> {
-    let mut traj = vec![s0.clone()];
-    let mut pre = Vec::with_capacity(free);
-    for _ in 0..free {
-        let s = traj.last().unwrap();
-        pre.push(pre_activation(net, s, eps));
-        traj.push(free_step(net, s, eps));
-    }
+    let (mut traj, pre) = unroll(net, s0, free, eps);
     let mut per_step = Vec::with_capacity(steps);
     let mut g = output_grad(traj.last().unwrap(), target);
     for t in (free - steps..free).rev() {
@@ -554,14 +548,7 @@ pub fn ep_vs_bptt_per_step(
     let mut prev = flat(&outer(&s));
     let mut out = Vec::with_capacity(steps);
     for bptt in per_step {
-        let mut a = pre_activation(net, &s, eps);
-        let last = a.len() - 1;
-        for ((av, &o), &t) in a[last].iter_mut().zip(&s[last]).zip(target) {
-            *av += eps * beta * (t - o);
-        }
-        for k in 1..a.len() {
-            s[k] = a[k].iter().map(|&v| v.clamp(0.0, 1.0)).collect();
-        }
+        s = nudged_step(net, &s, target, beta, eps);
         let now = flat(&outer(&s));
         let ep: Vec<f64> = now.iter().zip(&prev).map(|(n, p)| (n - p) / beta).collect();
         let neg: Vec<f64> = bptt.iter().map(|v| -v).collect();

@@ -281,6 +281,47 @@ fn compare_runs_each_scheme_and_plots() {
 }
 
 #[test]
+fn gradcheck_and_early_run_on_a_small_trained_net() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    plasticity::data::write_synthetic(&data, 120, 30, 28, 2);
+    let cfg = tmp.path().join("small.toml");
+    std::fs::write(&cfg, "layers = [784, 12, 10]\n").unwrap();
+    let run = tmp.path().join("run");
+    let out = plasticity()
+        .args(["train", "--epochs", "1", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (cmd, file) in [
+        ("gradcheck", "gradcheck.csv"),
+        ("early", "early_inference.csv"),
+    ] {
+        let dir = tmp.path().join(cmd);
+        let out = plasticity()
+            .args([cmd, "--examples", "2", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd}: {stderr}");
+        assert!(stderr.contains("examples used"), "{stderr}");
+        assert!(dir.join(file).is_file(), "{cmd}: {file} missing");
+    }
+}
+
+#[test]
 fn presets_and_help() {
     let out = plasticity().arg("presets").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

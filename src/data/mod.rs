@@ -66,6 +66,17 @@ impl Dataset {
         self.images.cols
     }
 
+    /// Keeps rows `..at` and returns rows `at..`, moving the data, not copying it.
+    pub fn split_off(&mut self, at: usize) -> Dataset {
+        let rest = self.images.data.split_off(at * self.images.cols);
+        let rows = self.images.rows - at;
+        self.images.rows = at;
+        Dataset {
+            images: Matrix::from_vec(rows, self.images.cols, rest),
+            labels: self.labels.split_off(at),
+        }
+    }
+
     /// Rows `r0..r1` as a new dataset.
     pub fn slice(&self, r0: usize, r1: usize) -> Dataset {
         Dataset {
@@ -132,13 +143,9 @@ pub fn load(dir: &Path) -> Result<Splits> {
             dir.display()
         )));
     }
-    let n_val = full.len() / 6;
-    let n_train = full.len() - n_val;
-    Ok(Splits {
-        train: full.slice(0, n_train),
-        val: full.slice(n_train, full.len()),
-        test,
-    })
+    let mut train = full;
+    let val = train.split_off(train.len() - train.len() / 6);
+    Ok(Splits { train, val, test })
 }
 
 /// Checksums to enforce: MNIST's own for the shipped copy, plus any SHA256SUMS file.

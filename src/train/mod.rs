@@ -175,16 +175,14 @@ pub fn load_data(cfg: &Config) -> Result<Splits> {
         PathBuf::from(&cfg.data)
     };
     let mut s = data::load(&dir)?;
-    let cut = |d: &Dataset, n: usize| {
-        if n == 0 || n >= d.len() {
-            d.clone()
-        } else {
-            d.slice(0, n)
+    let cut = |d: &mut Dataset, n: usize| {
+        if n > 0 && n < d.len() {
+            d.split_off(n);
         }
     };
-    s.train = cut(&s.train, cfg.limit);
-    s.val = cut(&s.val, cfg.eval_limit);
-    s.test = cut(&s.test, cfg.eval_limit);
+    cut(&mut s.train, cfg.limit);
+    cut(&mut s.val, cfg.eval_limit);
+    cut(&mut s.test, cfg.eval_limit);
     if s.train.features() != cfg.layers[0] {
         return Err(Error::Config(format!(
             "the data in {} has {} pixels per image but the network's input layer has {}; \

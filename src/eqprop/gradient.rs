@@ -262,20 +262,136 @@ pub fn ep_estimate(
     } else {
         (nudged(beta), s0.clone(), 1.0 / beta)
     };
-    let mut grads = Grads::zeros(net);
+    let (mut grads, minus) = (hebbian(net, &plus), hebbian(net, &minus));
+    let params = grads.weights.iter_mut().chain(grads.biases.iter_mut());
+    for (g, m) in params.zip(minus.weights.iter().chain(&minus.biases)) {
+        g.iter_mut().zip(m).for_each(|(a, b)| *a = coef * (*a - b));
+    }
+    grads
+}
+
+/// -dE/dtheta at the states `s`: s_k s_{k+1}^T for W_k and s_{k+1} for b_{k+1}.
+fn hebbian(net: &Network, s: &States) -> Grads {
+    let mut o = Grads::zeros(net);
     for k in 0..net.weights.len() {
         let cols = net.sizes[k + 1];
         for i in 0..net.sizes[k] {
             for j in 0..cols {
-                grads.weights[k][i * cols + j] =
-                    coef * (plus[k][i] * plus[k + 1][j] - minus[k][i] * minus[k + 1][j]);
+                o.weights[k][i * cols + j] = s[k][i] * s[k + 1][j];
             }
         }
-        for j in 0..cols {
-            grads.biases[k][j] = coef * (plus[k + 1][j] - minus[k + 1][j]);
+        o.biases[k].copy_from_slice(&s[k + 1]);
+    }
+    o
+}
+
+/// dC/ds_k by backprop through the layers at the states `s`, as if the net were
+/// feed-forward from each layer to the output: delta_out = (s_out - d) * rho'(s_out),
+/// delta_k = (delta_{k+1} W_k^T) * rho'(s_k) with rho' = 1 strictly inside (0, 1)
+/// (a unit clipped at a bound does not move for a small nudge).
+pub fn layer_gradients(net: &Network, s: &States, target: &[f64]) -> States {
+    let depth = net.depth();
+    let inside = |v: f64| v > 0.0 && v < 1.0;
+    let mut delta: States = s.iter().map(|v| vec![0.0; v.len()]).collect();
+    delta[depth] = s[depth]
+        .iter()
+        .zip(target)
+        .map(|(&o, t)| if inside(o) { o - t } else { 0.0 })
+        .collect();
+    for k in (1..depth).rev() {
+        let w = &net.weights[k];
+        for i in 0..w.rows {
+            let inside = s[k][i] > 0.0 && s[k][i] < 1.0;
+            delta[k][i] = if inside {
+                w.row(i)
+                    .iter()
+                    .zip(&delta[k + 1])
+                    .map(|(&wij, d)| wij as f64 * d)
+                    .sum()
+            } else {
+                0.0
+            };
         }
     }
-    grads
+    delta
+}
+
+/// Early inference (Bengio & Fischer, arXiv 1510.02777): from the fixed point
+/// `s_star`, nudge the output by `beta` and run `steps` synchronous steps. Returns,
+/// per step t = 1..=steps and per layer k = 1..=L+1, the cosine between the
+/// change s_k(t) - s_k* and -dC/ds_k from `layer_gradients` (NaN while the
+/// change is still below 1e-6 eps beta: the nudge has not reached that layer yet).
+pub fn early_inference(
+    net: &Network,
+    s_star: &States,
+    target: &[f64],
+    beta: f64,
+    steps: usize,
+    eps: f64,
+) -> Vec<Vec<f64>> {
+    let grads = layer_gradients(net, s_star, target);
+    let mut s = s_star.clone();
+    let mut out = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        s = nudged_step(net, &s, target, beta, eps);
+        let row = (1..s.len())
+            .map(|k| {
+                let change: Vec<f64> = s[k].iter().zip(&s_star[k]).map(|(a, b)| a - b).collect();
+                let neg: Vec<f64> = grads[k].iter().map(|g| -g).collect();
+                // Not reached yet: nothing beyond the fixed point's own residual.
+                if change.iter().all(|c| c.abs() < 1e-6 * eps * beta.abs()) {
+                    f64::NAN
+                } else {
+                    compare(&change, &neg).0
+                }
+            })
+            .collect();
+        out.push(row);
+    }
+    out
+}
+
+/// Flattens every parameter of `g` into one vector.
+fn flat(g: &Grads) -> Vec<f64> {
+    (0..g.weights.len()).flat_map(|k| g.layer(k)).collect()
+}
+
+/// Step by step, EP against BPTT (the "gradient descending updates" property,
+/// Ernoult et al. 2019): the free phase runs `free` steps from `s0` (to its fixed
+/// point); BPTT's contribution of the k-th step from the end,
+/// dC/dtheta(T - k), is compared with EP's k-th nudged-phase update
+/// (1 / beta) [s^b_k s^b_k - s^b_{k-1} s^b_{k-1}] (the increment of
+/// -dE/dtheta over one nudged step). Returns, for k = 1..=steps, (cosine with
+/// -dC/dtheta(T - k), norm ratio).
+pub fn ep_vs_bptt_per_step(
+    net: &Network,
+    s0: &States,
+    target: &[f64],
+    free: usize,
+    steps: usize,
+    beta: f64,
+    eps: f64,
+) -> Vec<(f64, f64)> {
+    let (mut traj, pre) = unroll(net, s0, free, eps);
+    let mut per_step = Vec::with_capacity(steps);
+    let mut g = output_grad(traj.last().unwrap(), target);
+    for t in (free - steps..free).rev() {
+        let mut grads = Grads::zeros(net);
+        g = backward_step(net, &traj[t], &pre[t], &g, eps, &mut grads);
+        per_step.push(flat(&grads));
+    }
+    let mut s = traj.pop().unwrap();
+    let mut prev = flat(&hebbian(net, &s));
+    let mut out = Vec::with_capacity(steps);
+    for bptt in per_step {
+        s = nudged_step(net, &s, target, beta, eps);
+        let now = flat(&hebbian(net, &s));
+        let ep: Vec<f64> = now.iter().zip(&prev).map(|(n, p)| (n - p) / beta).collect();
+        let neg: Vec<f64> = bptt.iter().map(|v| -v).collect();
+        out.push(compare(&ep, &neg));
+        prev = now;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -284,18 +400,31 @@ mod tests {
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    fn setup(seed: u64, scale: f32) -> (Network, States, Vec<f64>) {
+    /// A small net with Glorot weights times `scale`, biases drawn from `bias`,
+    /// and a random input with every other layer at rest.
+    fn small_net(
+        sizes: &[usize],
+        seed: u64,
+        scale: f32,
+        bias: std::ops::Range<f32>,
+    ) -> (Network, States) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut net = Network::glorot(&[8, 7, 6, 5], &mut rng);
+        let mut net = Network::glorot(sizes, &mut rng);
         for w in &mut net.weights {
             w.data.iter_mut().for_each(|v| *v *= scale);
         }
         for b in &mut net.biases {
-            b.iter_mut().for_each(|v| *v = rng.random_range(0.2..0.5));
+            b.iter_mut()
+                .for_each(|v| *v = rng.random_range(bias.clone()));
         }
-        let x: Vec<f64> = (0..8).map(|_| rng.random_range(0.0..1.0)).collect();
+        let x: Vec<f64> = (0..sizes[0]).map(|_| rng.random_range(0.0..1.0)).collect();
         let mut s0: States = vec![x];
         s0.extend(net.sizes[1..].iter().map(|&n| vec![0.0; n]));
+        (net, s0)
+    }
+
+    fn setup(seed: u64, scale: f32) -> (Network, States, Vec<f64>) {
+        let (net, s0) = small_net(&[8, 7, 6, 5], seed, scale, 0.2..0.5);
         let target = (0..5).map(|j| (j == 2) as u8 as f64).collect();
         (net, s0, target)
     }
@@ -391,92 +520,10 @@ mod tests {
         );
         assert!(err(0.05, true) < err(0.05, false));
     }
-}
-
-/// dC/ds_k by backprop through the layers at the states `s`, as if the net were
-/// feed-forward from each layer to the output: delta_out = (s_out - d) * rho'(s_out),
-/// delta_k = (delta_{k+1} W_k^T) * rho'(s_k) with rho' = 1 strictly inside (0, 1)
-/// (a unit clipped at a bound does not move for a small nudge).
-pub fn layer_gradients(net: &Network, s: &States, target: &[f64]) -> States {
-    let depth = net.depth();
-    let inside = |v: f64| v > 0.0 && v < 1.0;
-    let mut delta: States = s.iter().map(|v| vec![0.0; v.len()]).collect();
-    delta[depth] = s[depth]
-        .iter()
-        .zip(target)
-        .map(|(&o, t)| if inside(o) { o - t } else { 0.0 })
-        .collect();
-    for k in (1..depth).rev() {
-        let w = &net.weights[k];
-        for i in 0..w.rows {
-            let inside = s[k][i] > 0.0 && s[k][i] < 1.0;
-            delta[k][i] = if inside {
-                w.row(i)
-                    .iter()
-                    .zip(&delta[k + 1])
-                    .map(|(&wij, d)| wij as f64 * d)
-                    .sum()
-            } else {
-                0.0
-            };
-        }
-    }
-    delta
-}
-
-/// Early inference (Bengio & Fischer, arXiv 1510.02777): from the fixed point
-/// `s_star`, nudge the output by `beta` and run `steps` synchronous steps. Returns,
-/// per step t = 1..=steps and per layer k = 1..=L+1, the cosine between the
-/// change s_k(t) - s_k* and -dC/ds_k from `layer_gradients` (NaN while the
-/// change is still below 1e-6 eps beta: the nudge has not reached that layer yet).
-pub fn early_inference(
-    net: &Network,
-    s_star: &States,
-    target: &[f64],
-    beta: f64,
-    steps: usize,
-    eps: f64,
-) -> Vec<Vec<f64>> {
-    let grads = layer_gradients(net, s_star, target);
-    let mut s = s_star.clone();
-    let mut out = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        s = nudged_step(net, &s, target, beta, eps);
-        let row = (1..s.len())
-            .map(|k| {
-                let change: Vec<f64> = s[k].iter().zip(&s_star[k]).map(|(a, b)| a - b).collect();
-                let neg: Vec<f64> = grads[k].iter().map(|g| -g).collect();
-                // Not reached yet: nothing beyond the fixed point's own residual.
-                if change.iter().all(|c| c.abs() < 1e-6 * eps * beta.abs()) {
-                    f64::NAN
-                } else {
-                    compare(&change, &neg).0
-                }
-            })
-            .collect();
-        out.push(row);
-    }
-    out
-}
-
-#[cfg(test)]
-mod early_tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn the_nudge_reaches_layer_k_after_depth_minus_k_steps_along_the_gradient() {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let mut net = Network::glorot(&[8, 7, 6, 5, 4], &mut rng);
-        for w in &mut net.weights {
-            w.data.iter_mut().for_each(|v| *v *= 0.4);
-        }
-        for b in &mut net.biases {
-            b.iter_mut().for_each(|v| *v = rng.random_range(0.3..0.5));
-        }
-        let mut s0: States = vec![(0..8).map(|_| rng.random_range(0.0..1.0)).collect()];
-        s0.extend(net.sizes[1..].iter().map(|&n| vec![0.0; n]));
+        let (net, s0) = small_net(&[8, 7, 6, 5, 4], 9, 0.4, 0.3..0.5);
         let target = vec![0.0, 1.0, 0.0, 0.0];
         let s_star = (0..400).fold(s0, |s, _| free_step(&net, &s, 0.5));
         let c = early_inference(&net, &s_star, &target, 1e-4, 6, 0.5);
@@ -499,83 +546,10 @@ mod early_tests {
             assert!(first > 0.99, "layer {}: cosine {first} on arrival", k + 1);
         }
     }
-}
-
-/// Flattens every parameter of `g` into one vector.
-fn flat(g: &Grads) -> Vec<f64> {
-    (0..g.weights.len()).flat_map(|k| g.layer(k)).collect()
-}
-
-/// Step by step, EP against BPTT (the "gradient descending updates" property,
-/// Ernoult et al. 2019): the free phase runs `free` steps from `s0` (to its fixed
-/// point); BPTT's contribution of the k-th step from the end,
-/// dC/dtheta(T - k), is compared with EP's k-th nudged-phase update
-/// (1 / beta) [s^b_k s^b_k - s^b_{k-1} s^b_{k-1}] (the increment of
-/// -dE/dtheta over one nudged step). Returns, for k = 1..=steps, (cosine with
-/// -dC/dtheta(T - k), norm ratio).
-pub fn ep_vs_bptt_per_step(
-    net: &Network,
-    s0: &States,
-    target: &[f64],
-    free: usize,
-    steps: usize,
-    beta: f64,
-    eps: f64,
-) -> Vec<(f64, f64)> {
-    let (mut traj, pre) = unroll(net, s0, free, eps);
-    let mut per_step = Vec::with_capacity(steps);
-    let mut g = output_grad(traj.last().unwrap(), target);
-    for t in (free - steps..free).rev() {
-        let mut grads = Grads::zeros(net);
-        g = backward_step(net, &traj[t], &pre[t], &g, eps, &mut grads);
-        per_step.push(flat(&grads));
-    }
-    let s_star = traj.pop().unwrap();
-    let outer = |s: &States| -> Grads {
-        let mut o = Grads::zeros(net);
-        for k in 0..net.weights.len() {
-            let cols = net.sizes[k + 1];
-            for i in 0..net.sizes[k] {
-                for j in 0..cols {
-                    o.weights[k][i * cols + j] = s[k][i] * s[k + 1][j];
-                }
-            }
-            o.biases[k].copy_from_slice(&s[k + 1]);
-        }
-        o
-    };
-    let mut s = s_star;
-    let mut prev = flat(&outer(&s));
-    let mut out = Vec::with_capacity(steps);
-    for bptt in per_step {
-        s = nudged_step(net, &s, target, beta, eps);
-        let now = flat(&outer(&s));
-        let ep: Vec<f64> = now.iter().zip(&prev).map(|(n, p)| (n - p) / beta).collect();
-        let neg: Vec<f64> = bptt.iter().map(|v| -v).collect();
-        out.push(compare(&ep, &neg));
-        prev = now;
-    }
-    out
-}
-
-#[cfg(test)]
-mod gdu_tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn each_nudged_step_of_ep_matches_the_bptt_step_it_mirrors() {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let mut net = Network::glorot(&[8, 7, 6, 5], &mut rng);
-        for w in &mut net.weights {
-            w.data.iter_mut().for_each(|v| *v *= 0.4);
-        }
-        for b in &mut net.biases {
-            b.iter_mut().for_each(|v| *v = rng.random_range(0.3..0.5));
-        }
-        let mut s0: States = vec![(0..8).map(|_| rng.random_range(0.0..1.0)).collect()];
-        s0.extend(net.sizes[1..].iter().map(|&n| vec![0.0; n]));
+        let (net, s0) = small_net(&[8, 7, 6, 5], 11, 0.4, 0.3..0.5);
         let target = vec![0.0, 1.0, 0.0, 0.0, 0.0];
         let per_step = ep_vs_bptt_per_step(&net, &s0, &target, 300, 8, 1e-5, 0.5);
         for (k, (cos, ratio)) in per_step.iter().enumerate() {

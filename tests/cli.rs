@@ -347,33 +347,19 @@ fn bad_presets_configs_and_devices() {
         "unknown preset `nope`",
     );
     let cfg = tmp.path().join("c.toml");
-    std::fs::write(&cfg, "betta = 1.0\n").unwrap();
-    fails_with(
-        plasticity()
-            .args(["train", "--config"])
+    for (text, needle) in [
+        ("betta = 1.0\n", "unknown config key `betta`"),
+        ("epochs = \"ten\"\n", "`epochs`"),
+        ("epochs = [\n", "not valid TOML"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let mut cmd = plasticity();
+        cmd.args(["train", "--config"])
             .arg(&cfg)
             .arg("--out")
-            .arg(&out),
-        "unknown config key `betta`",
-    );
-    std::fs::write(&cfg, "epochs = \"ten\"\n").unwrap();
-    fails_with(
-        plasticity()
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&out),
-        "`epochs`",
-    );
-    std::fs::write(&cfg, "epochs = [\n").unwrap();
-    fails_with(
-        plasticity()
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .arg("--out")
-            .arg(&out),
-        "not valid TOML",
-    );
+            .arg(&out);
+        fails_with(&mut cmd, needle);
+    }
     fails_with(
         plasticity()
             .args(["train", "--config"])

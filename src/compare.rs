@@ -43,6 +43,14 @@ pub const SCHEMES: [Scheme; 5] = [
     },
 ];
 
+impl Scheme {
+    /// `base` with this scheme's overrides.
+    pub fn apply(&self, base: &Config) -> Result<Config> {
+        let table: toml::Table = toml::from_str(self.overrides).expect("scheme overrides parse");
+        base.overlay(&table, &format!("scheme {}", self.name))
+    }
+}
+
 pub fn scheme(name: &str) -> Result<&'static Scheme> {
     SCHEMES.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = SCHEMES.iter().map(|s| s.name).collect();
@@ -64,8 +72,7 @@ pub fn run(
 ) -> Result<Vec<(String, Vec<EpochMetrics>)>> {
     let mut all = Vec::new();
     for s in schemes {
-        let table: toml::Table = toml::from_str(s.overrides).expect("scheme overrides parse");
-        let cfg = base.overlay(&table, &format!("scheme {}", s.name))?;
+        let cfg = s.apply(base)?;
         let history = train::train(&cfg, &out.join(s.name), false, true, progress)?;
         all.push((s.name.to_string(), history));
     }

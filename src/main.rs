@@ -536,26 +536,15 @@ fn weights_for(
     preset: &str,
     run: Option<&std::path::Path>,
 ) -> Result<(Config, plasticity::eqprop::Network, &'static str)> {
-    use plasticity::eqprop::{EqProp, Network};
-    use plasticity::train::Learner;
-    use rand::SeedableRng;
+    use plasticity::eqprop::{Network, load_run};
     match run {
         Some(dir) => {
-            let cfg = train::read_run_config(dir)?;
-            let lean = Config {
-                persistent_particles: false,
-                eval_warm: false,
-                ..cfg.clone()
-            };
-            let mut learner = EqProp::new(&lean, [0, 0, 0]);
-            plasticity::train::checkpoint::Loaded::read(&dir.join(train::CHECKPOINT_FILE))?
-                .restore(learner.parameters_mut())?;
-            Ok((cfg, learner.net, "trained"))
+            let (cfg, net) = load_run(dir)?;
+            Ok((cfg, net, "trained"))
         }
         None => {
             let cfg = config::preset(preset)?;
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-            let net = Network::glorot(&cfg.layers, &mut rng);
+            let net = Network::seeded(&cfg.layers, cfg.seed);
             Ok((cfg, net, "fresh"))
         }
     }
@@ -649,31 +638,17 @@ fn gradcheck_cmd(
     examples: usize,
     out: &std::path::Path,
 ) -> Result<()> {
-    use plasticity::eqprop::{EqProp, Network};
+    use plasticity::eqprop::Network;
     use plasticity::gradcheck;
-    use plasticity::train::Learner;
-    use rand::SeedableRng;
-    let cfg = match run {
-        Some(dir) => train::read_run_config(dir)?,
-        None => config::preset(preset)?,
-    };
+    // The run's (or preset's) config; fresh weights of its architecture, and the
+    // trained ones when a run is given.
+    let (cfg, trained, _) = weights_for(preset, run)?;
     // Validation examples: a trained net fits its training set to a cost of exactly 0.
     let data = train::load_data(&cfg)?.val;
     let n = examples.max(1);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut sets = vec![("fresh".to_string(), Network::glorot(&cfg.layers, &mut rng))];
-    if let Some(dir) = run {
-        let mut learner = EqProp::new(
-            &Config {
-                persistent_particles: false,
-                eval_warm: false,
-                ..cfg.clone()
-            },
-            [0, 0, 0],
-        );
-        plasticity::train::checkpoint::Loaded::read(&dir.join(train::CHECKPOINT_FILE))?
-            .restore(learner.parameters_mut())?;
-        sets.push(("trained".to_string(), learner.net));
+    let mut sets = vec![("fresh", Network::seeded(&cfg.layers, cfg.seed))];
+    if run.is_some() {
+        sets.push(("trained", trained));
     }
     let mut rows = Vec::new();
     for (label, net) in &sets {
@@ -781,9 +756,7 @@ fn bench_cmd(
             let splits = train::load_data(&base)?;
             let n = examples.unwrap_or(if p == "eqprop-mnist-1h" { 0 } else { 2000 });
             for name in schemes {
-                let scheme = plasticity::compare::scheme(name)?;
-                let table: toml::Table = toml::from_str(scheme.overrides).expect("scheme parses");
-                let cfg = base.overlay(&table, name)?;
+                let cfg = plasticity::compare::scheme(name)?.apply(&base)?;
                 let label = if name == "paper" {
                     p.clone()
                 } else {

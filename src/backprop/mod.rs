@@ -13,7 +13,6 @@ use crate::eqprop::Network;
 use crate::error::Result;
 use crate::tensor::{Matrix, Op, gemm, kernels};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// Working memory for one batch: activations and deltas per layer.
@@ -54,8 +53,7 @@ fn rho_prime(a: f32) -> f32 {
 
 impl Backprop {
     pub fn new(cfg: &Config) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let net = Network::glorot(&cfg.layers, &mut rng);
+        let net = Network::seeded(&cfg.layers, cfg.seed);
         Backprop {
             train: Work::new(&net.sizes, cfg.batch_size),
             eval: Work::new(&net.sizes, cfg.eval_block),

@@ -18,7 +18,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::tensor::{Matrix, row_range};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -76,8 +76,7 @@ impl EqProp {
     /// A Glorot-initialised network for `cfg`; `counts` are the numbers of
     /// training, validation and test examples (for the particles).
     pub fn new(cfg: &Config, counts: [usize; 3]) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let net = Network::glorot(&cfg.layers, &mut rng);
+        let net = Network::seeded(&cfg.layers, cfg.seed);
         Self::from_network(net, Settings::from_config(cfg), cfg, counts)
     }
 
@@ -157,6 +156,20 @@ impl EqProp {
             );
         }
     }
+}
+
+/// The network saved in run directory `dir`'s checkpoint, with the run's config.
+pub fn load_run(dir: &std::path::Path) -> Result<(Config, Network)> {
+    let cfg = crate::train::read_run_config(dir)?;
+    let lean = Config {
+        persistent_particles: false,
+        eval_warm: false,
+        ..cfg.clone()
+    };
+    let mut learner = EqProp::new(&lean, [0, 0, 0]);
+    let ckpt = crate::train::checkpoint::Loaded::read(&dir.join(crate::train::CHECKPOINT_FILE))?;
+    ckpt.restore(learner.parameters_mut())?;
+    Ok((cfg, learner.net))
 }
 
 /// Checkpoint names of the warm-evaluation particle sets.

@@ -39,6 +39,12 @@ impl Network {
         }
     }
 
+    /// Glorot init from a seed: the initial weights of every run with that seed.
+    pub fn seeded(sizes: &[usize], seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self::glorot(sizes, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+    }
+
     /// Number of layers after the input (hidden layers plus output).
     pub fn depth(&self) -> usize {
         self.sizes.len() - 1

@@ -91,7 +91,7 @@ fn train_step(c: &mut Criterion) {
             .build()
             .unwrap();
         let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
-        let mut learner = build_learner(&cfg, counts);
+        let mut learner = build_learner(&cfg, counts).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let batch: Vec<usize> = (0..cfg.batch_size).collect();
         g.throughput(Throughput::Elements(cfg.batch_size as u64));

@@ -183,7 +183,13 @@ pub fn kernels(peak_one_core: f64) -> Vec<Row> {
 /// Times one training epoch of `cfg` (or its first `examples` examples,
 /// extrapolated to the full training set) plus evaluation of validation and test.
 /// `name` labels the rows (the preset, and the scheme if not the paper's).
-pub fn epoch(name: &str, cfg: &Config, splits: &Splits, examples: usize, peak: f64) -> Vec<Row> {
+pub fn epoch(
+    name: &str,
+    cfg: &Config,
+    splits: &Splits,
+    examples: usize,
+    peak: f64,
+) -> crate::Result<Vec<Row>> {
     let n_full = splits.train.len();
     let n = if examples == 0 {
         n_full
@@ -191,7 +197,7 @@ pub fn epoch(name: &str, cfg: &Config, splits: &Splits, examples: usize, peak: f
         examples.min(n_full)
     };
     let n_eval = splits.val.len() + splits.test.len();
-    let mut learner = build_learner(cfg, [n_full, splits.val.len(), splits.test.len()]);
+    let mut learner = build_learner(cfg, [n_full, splits.val.len(), splits.test.len()])?;
     let (train_flops, eval_flops) = learner.flops_per_example();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let order: Vec<usize> = (0..n).collect();
@@ -233,7 +239,7 @@ pub fn epoch(name: &str, cfg: &Config, splits: &Splits, examples: usize, peak: f
         threads: cfg.threads,
         note: note.clone(),
     };
-    vec![
+    Ok(vec![
         row(
             format!("{} epoch: train {} examples", name, n_full),
             train_secs,
@@ -245,5 +251,5 @@ pub fn epoch(name: &str, cfg: &Config, splits: &Splits, examples: usize, peak: f
             eval_flops * n_eval as f64,
         ),
         row(format!("{} epoch: total", name), total, total_flops),
-    ]
+    ])
 }

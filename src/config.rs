@@ -54,6 +54,16 @@ pub enum NudgedUpdate {
     Continuous,
 }
 
+/// Where EP runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (builds with the `cuda` feature).
+    Cuda,
+}
+
 /// Everything that determines a run. `config.toml` in a run directory holds it in full.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +106,14 @@ pub struct Config {
     pub shuffle: bool,
     /// Worker threads; results are bit-identical for the same thread count.
     pub threads: usize,
+    /// Where EP runs (CPU results are bit-identical per thread count; the GPU's
+    /// agree with them within float tolerance).
+    #[serde(default)]
+    pub device: Device,
+    /// On the GPU: let cuBLAS use TF32 tensor cores for the once-per-batch
+    /// GEMMs (input drive, update). Off: plain float32 everywhere.
+    #[serde(default)]
+    pub tf32: bool,
     /// Rows per thread when evaluating (no learning, so larger blocks are faster).
     pub eval_block: usize,
     /// Use only the first N training examples (0 = all).
@@ -158,6 +176,8 @@ pub fn preset(name: &str) -> Result<Config> {
         seed: 1,
         shuffle: false,
         threads: default_threads(),
+        device: Device::Cpu,
+        tf32: false,
         eval_block: 250,
         limit: 0,
         eval_limit: 0,

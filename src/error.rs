@@ -20,6 +20,9 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The GPU is missing or failed.
+    #[error("{0}")]
+    Device(String),
     /// Training produced NaN or infinity.
     #[error(
         "training diverged in epoch {epoch}: {what} of layer {layer} is not finite (NaN or inf); \

@@ -9,6 +9,8 @@ pub mod backprop;
 pub mod bench;
 pub mod compare;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod eqprop;
 pub mod error;

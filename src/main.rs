@@ -131,6 +131,9 @@ enum Command {
         /// Skip the single-kernel measurements.
         #[arg(long)]
         no_kernels: bool,
+        /// cuda: time the GPU backend (relaxation steps, launches per step, epochs).
+        #[arg(long, value_parser = parse_device, default_value = "cpu")]
+        device: config::Device,
     },
 }
 
@@ -154,9 +157,9 @@ struct TrainArgs {
     /// Worker threads (results are bit-identical for the same count).
     #[arg(long)]
     threads: Option<usize>,
-    /// Compute device. Only `cpu` in this build.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where EP runs: cpu, or cuda (an NVIDIA GPU; needs a build with `--features cuda`).
+    #[arg(long, value_parser = parse_device)]
+    device: Option<config::Device>,
     /// Directory with the four MNIST-format IDX files, raw or .gz (default: the shipped MNIST).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -180,10 +183,7 @@ struct TrainArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => train_cmd(TrainArgs {
-            device: "cpu".into(),
-            ..Default::default()
-        }),
+        None => train_cmd(TrainArgs::default()),
         Some(Command::Train(a)) => train_cmd(a),
         Some(Command::Eval {
             run,
@@ -220,7 +220,13 @@ fn main() -> ExitCode {
             schemes,
             json,
             no_kernels,
-        }) => bench_cmd(&preset, &schemes, examples, threads, json, no_kernels),
+            device,
+        }) => match device {
+            config::Device::Cpu => {
+                bench_cmd(&preset, &schemes, examples, threads, json, no_kernels)
+            }
+            config::Device::Cuda => bench_cuda_cmd(&preset, &schemes, examples, json),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,6 +234,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_device(s: &str) -> std::result::Result<config::Device, String> {
+    match s {
+        "cpu" => Ok(config::Device::Cpu),
+        "cuda" => Ok(config::Device::Cuda),
+        other => Err(format!("unknown device `{other}`; use cpu or cuda")),
     }
 }
 
@@ -257,17 +271,14 @@ fn resolve_config(a: &TrainArgs) -> Result<Config> {
     if let Some(v) = a.eval_limit {
         cfg.eval_limit = v;
     }
+    if let Some(v) = a.device {
+        cfg.device = v;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    if a.device != "cpu" {
-        return Err(Error::Config(format!(
-            "--device {}: this build runs on the CPU only (use --device cpu)",
-            a.device
-        )));
-    }
     let (cfg, out) = if a.resume {
         let out = a.out.clone().ok_or_else(|| {
             Error::Config("--resume needs --out DIR, the run directory to continue".into())
@@ -281,7 +292,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             || a.eval_limit.is_some()
         {
             return Err(Error::Config(
-                "with --resume the run's own config.toml is used; only --epochs and --threads may be given".into(),
+                "with --resume the run's own config.toml is used; only --epochs, --threads and --device may be given".into(),
             ));
         }
         let mut cfg = train::read_run_config(&out)?;
@@ -290,6 +301,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         }
         if let Some(t) = a.threads {
             cfg.threads = t;
+        }
+        if let Some(d) = a.device {
+            cfg.device = d;
         }
         (cfg, out)
     } else {
@@ -485,7 +499,7 @@ fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) 
 }
 
 fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
-    if a.resume || a.device != "cpu" {
+    if a.resume || a.device.is_some_and(|d| d != config::Device::Cpu) {
         return Err(Error::Config(
             "compare runs fresh CPU runs: drop --resume and --device".into(),
         ));
@@ -762,32 +776,57 @@ fn bench_cmd(
                 } else {
                     format!("{p} [{name}]")
                 };
-                rows.extend(bench::epoch(&label, &cfg, &splits, n, peak));
+                rows.extend(bench::epoch(&label, &cfg, &splits, n, peak)?);
             }
         }
         Ok(rows)
     })?;
+    print_rows(rows, json);
+    Ok(())
+}
+
+fn print_rows(rows: Vec<bench::Row>, json: bool) {
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("rows serialize")
         );
-    } else {
-        println!(
-            "{:<58} {:>10} {:>9} {:>8} {:>4}  note",
-            "what", "seconds", "GFLOP/s", "of peak", "thr"
-        );
-        for r in rows {
-            println!(
-                "{:<58} {:>10.4e} {:>9.1} {:>7.1}% {:>4}  {}",
-                r.name,
-                r.seconds,
-                r.gflops,
-                100.0 * r.fraction_of_peak,
-                r.threads,
-                r.note
-            );
-        }
+        return;
     }
+    println!(
+        "{:<58} {:>10} {:>9} {:>8} {:>4}  note",
+        "what", "seconds", "GFLOP/s", "of peak", "thr"
+    );
+    for r in rows {
+        println!(
+            "{:<58} {:>10.4e} {:>9.1} {:>7.1}% {:>4}  {}",
+            r.name,
+            r.seconds,
+            r.gflops,
+            100.0 * r.fraction_of_peak,
+            r.threads,
+            r.note
+        );
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda_cmd(
+    presets: &[String],
+    schemes: &[String],
+    examples: Option<usize>,
+    json: bool,
+) -> Result<()> {
+    let rows = plasticity::cuda::bench::run(presets, schemes, examples.unwrap_or(0))?;
+    print_rows(rows, json);
     Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda_cmd(_: &[String], _: &[String], _: Option<usize>, _: bool) -> Result<()> {
+    Err(Error::Device(
+        "--device cuda: this build has no GPU support; rebuild with \
+         `cargo build --release --features cuda`"
+            .into(),
+    ))
 }

@@ -46,7 +46,7 @@ fn train_batch_and_evaluate_do_not_allocate() {
                 .unwrap();
             pool.install(|| {
                 let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
-                let mut learner = build_learner(&cfg, counts);
+                let mut learner = build_learner(&cfg, counts).unwrap();
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
                 let idx: Vec<usize> = (0..splits.train.len()).collect();
                 // Warm up: first calls may set up thread-local state.

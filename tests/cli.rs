@@ -366,7 +366,30 @@ fn bad_presets_configs_and_devices() {
             .arg(tmp.path().join("missing.toml")),
         "cannot read config file",
     );
-    fails_with(plasticity().args(["train", "--device", "cuda"]), "CPU only");
+    // Without the `cuda` feature the build says so; with it, a machine without
+    // a GPU names what is missing (where a GPU is present, this case is skipped).
+    let no_gpu = if cfg!(feature = "cuda") {
+        "was not found"
+    } else {
+        "no GPU support"
+    };
+    let gpu_here = cfg!(feature = "cuda") && std::path::Path::new("/dev/nvidia0").exists();
+    if !gpu_here {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let out = out.to_str().unwrap();
+        fails_with(
+            plasticity().args(["train", "--device", "cuda", "--out", out]),
+            no_gpu,
+        );
+        fails_with(plasticity().args(["bench", "--device", "cuda"]), no_gpu);
+    }
+    let out = plasticity()
+        .args(["train", "--device", "tpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unknown device `tpu`; use cpu or cuda"));
 }
 
 #[test]

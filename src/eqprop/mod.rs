@@ -37,7 +37,51 @@ pub struct Settings {
     pub persistent_particles: bool,
 }
 
+/// FLOPs of one relaxation step per example: each W_k (k >= 1) is used twice,
+/// s_{k+1} W_k^T and s_k W_k (layer 1's input drive is computed once per batch).
+pub fn flops_per_step(sizes: &[usize]) -> f64 {
+    sizes[1..]
+        .windows(2)
+        .map(|w| 4.0 * (w[0] * w[1]) as f64)
+        .sum()
+}
+
 impl Settings {
+    /// Analytic FLOPs per training example and per evaluated example.
+    pub fn flops_per_example(&self, sizes: &[usize]) -> (f64, f64) {
+        let input = 2.0 * (sizes[0] * sizes[1]) as f64;
+        let step = flops_per_step(sizes);
+        let nudged_phases = if self.nudging == Nudging::Symmetric {
+            2
+        } else {
+            1
+        };
+        let steps = self.free_steps + nudged_phases * self.nudged_steps;
+        // Update: x^T (s1^b - s1^0) is one GEMM; the other W_k take two.
+        let update = input + step;
+        let train = input + steps as f64 * step + update;
+        let eval = input + self.free_steps as f64 * step;
+        (train, eval)
+    }
+
+    /// One line about the model, for the log.
+    pub fn describe(&self, sizes: &[usize]) -> String {
+        format!(
+            "EP {} | free {} nudged {} | beta {} ({:?}) | eps {} | rates {:?}",
+            sizes
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            self.free_steps,
+            self.nudged_steps,
+            self.beta,
+            self.nudging,
+            self.epsilon,
+            self.learning_rates
+        )
+    }
+
     pub fn from_config(c: &Config) -> Self {
         Settings {
             free_steps: c.free_steps,
@@ -368,32 +412,11 @@ impl Learner for EqProp {
     }
 
     fn flops_per_example(&self) -> (f64, f64) {
-        let s = &self.net.sizes;
-        let input = 2.0 * (s[0] * s[1]) as f64;
-        // Each W_k (k >= 1) is used twice per step: s_{k+1} W_k^T and s_k W_k.
-        let step: f64 = s[1..].windows(2).map(|w| 4.0 * (w[0] * w[1]) as f64).sum();
-        let nudged_phases = if self.settings.nudging == Nudging::Symmetric {
-            2
-        } else {
-            1
-        };
-        let steps = self.settings.free_steps + nudged_phases * self.settings.nudged_steps;
-        // Update: x^T (s1^b - s1^0) is one GEMM; the other W_k take two.
-        let update = input
-            + s[1..]
-                .windows(2)
-                .map(|w| 4.0 * (w[0] * w[1]) as f64)
-                .sum::<f64>();
-        let train = input + steps as f64 * step + update;
-        let eval = input + self.settings.free_steps as f64 * step;
-        (train, eval)
+        self.settings.flops_per_example(&self.net.sizes)
     }
 
     fn flops_per_free_step(&self) -> f64 {
-        self.net.sizes[1..]
-            .windows(2)
-            .map(|w| 4.0 * (w[0] * w[1]) as f64)
-            .sum()
+        flops_per_step(&self.net.sizes)
     }
 
     fn free_phase_residual(&self) -> Option<f64> {
@@ -406,22 +429,7 @@ impl Learner for EqProp {
     }
 
     fn describe(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "EP {} | free {} nudged {} | beta {} ({:?}) | eps {} | rates {:?}",
-            self.net
-                .sizes
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join("-"),
-            s.free_steps,
-            s.nudged_steps,
-            s.beta,
-            s.nudging,
-            s.epsilon,
-            s.learning_rates
-        )
+        self.settings.describe(&self.net.sizes)
     }
 }
 

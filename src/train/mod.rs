@@ -6,7 +6,7 @@
 
 pub mod checkpoint;
 
-use crate::config::{Algorithm, Config};
+use crate::config::{Algorithm, Config, Device};
 use crate::data::{self, Dataset, Splits};
 use crate::eqprop::EqProp;
 use crate::error::{Error, Result};
@@ -82,6 +82,11 @@ pub trait Learner {
     }
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         Vec::new()
+    }
+    /// Brings the parameters and run state to the host (learners that keep
+    /// them on a device), before checkpoints; reports a device failure.
+    fn sync_host(&mut self) -> Result<()> {
+        Ok(())
     }
     /// Err(Diverged) naming the first parameter that is NaN or inf.
     fn check_finite(&self, epoch: usize) -> Result<()>;
@@ -198,11 +203,26 @@ pub fn load_data(cfg: &Config) -> Result<Splits> {
 
 /// The learner a config describes.
 /// `counts`: training, validation and test examples.
-pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Box<dyn Learner + Send> {
-    match cfg.algorithm {
-        Algorithm::Eqprop => Box::new(EqProp::new(cfg, counts)),
-        Algorithm::Backprop => Box::new(crate::backprop::Backprop::new(cfg)),
-    }
+pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Result<Box<dyn Learner + Send>> {
+    Ok(match (cfg.algorithm, cfg.device) {
+        (Algorithm::Eqprop, Device::Cpu) => Box::new(EqProp::new(cfg, counts)),
+        (Algorithm::Backprop, Device::Cpu) => Box::new(crate::backprop::Backprop::new(cfg)),
+        #[cfg(feature = "cuda")]
+        (Algorithm::Eqprop, Device::Cuda) => Box::new(crate::cuda::CudaEqProp::new(cfg, counts)?),
+        #[cfg(not(feature = "cuda"))]
+        (Algorithm::Eqprop, Device::Cuda) => {
+            return Err(Error::Device(
+                "--device cuda: this build has no GPU support; rebuild with \
+                 `cargo build --release --features cuda`, or use --device cpu"
+                    .into(),
+            ));
+        }
+        (Algorithm::Backprop, Device::Cuda) => {
+            return Err(Error::Config(
+                "the backprop baseline runs on the CPU only; use --device cpu".into(),
+            ));
+        }
+    })
 }
 
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -226,7 +246,7 @@ pub fn train(
     let pool = thread_pool(cfg.threads)?;
     pool.install(|| {
         let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
-        let mut learner = build_learner(cfg, counts);
+        let mut learner = build_learner(cfg, counts)?;
         let history = if resume {
             resume_from(dir, learner.as_mut())?
         } else {
@@ -320,6 +340,7 @@ fn run_epochs(
         for batch in order.chunks(cfg.batch_size) {
             let s = learner.train_batch(&splits.train, batch, &mut rng);
             if !s.cost.is_finite() {
+                learner.sync_host()?;
                 learner.check_finite(epoch)?;
                 return Err(Error::Diverged {
                     epoch,
@@ -332,6 +353,7 @@ fn run_epochs(
             train.cost += s.cost;
             progress.batch_done(train.examples, train.errors);
         }
+        learner.sync_host()?;
         learner.check_finite(epoch)?;
         let train_seconds = t0.elapsed().as_secs_f64();
         progress.evaluating("validation");
@@ -429,7 +451,7 @@ pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(
                 ..cfg.clone()
             },
             [0, 0, 0],
-        );
+        )?;
         ckpt.restore(learner.parameters_mut())?;
         Ok((learner.evaluate(data), epoch))
     })

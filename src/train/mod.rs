@@ -362,6 +362,14 @@ fn run_epochs(
         let test = learner.evaluate(&splits.test);
         let val_warm = learner.evaluate_warm(&splits.val, 0);
         let test_warm = learner.evaluate_warm(&splits.test, 1);
+        let free_steps_mean = learner.take_free_steps_mean();
+        // A tolerance may stop free phases early: count the FLOPs of the steps taken.
+        let train_flops = match free_steps_mean {
+            Some(mean) => {
+                train_flops - (cfg.free_steps as f64 - mean) * learner.flops_per_free_step()
+            }
+            None => train_flops,
+        };
         let m = EpochMetrics {
             epoch,
             train_error: train.error_rate(),
@@ -373,7 +381,7 @@ fn run_epochs(
             val_error_warm: val_warm.map(|s| s.error_rate()),
             test_error_warm: test_warm.map(|s| s.error_rate()),
             free_phase_residual: learner.free_phase_residual(),
-            free_steps_mean: learner.take_free_steps_mean(),
+            free_steps_mean,
             epoch_seconds: t0.elapsed().as_secs_f64(),
             train_seconds,
             examples_per_second: n as f64 / train_seconds,

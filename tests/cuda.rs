@@ -53,14 +53,19 @@ fn gpu_training_batches_match_the_cpu() {
         return;
     }
     let (two, three) = (&[784, 64, 40, 10][..], &[784, 48, 40, 32, 10][..]);
-    for (layers, relaxation, nudging) in [
-        (two, Relaxation::Synchronous, Nudging::RandomSign),
-        (two, Relaxation::Synchronous, Nudging::Symmetric),
-        (two, Relaxation::EvenOdd, Nudging::Symmetric),
-        (three, Relaxation::Synchronous, Nudging::RandomSign),
-        (three, Relaxation::EvenOdd, Nudging::Symmetric),
+    // Batch 64: two groups of 32 columns per block, and a last batch of 8 (padding).
+    for (layers, relaxation, nudging, batch) in [
+        (two, Relaxation::Synchronous, Nudging::RandomSign, 20),
+        (two, Relaxation::Synchronous, Nudging::Symmetric, 20),
+        (two, Relaxation::EvenOdd, Nudging::Symmetric, 20),
+        (three, Relaxation::Synchronous, Nudging::RandomSign, 20),
+        (three, Relaxation::EvenOdd, Nudging::Symmetric, 20),
+        (three, Relaxation::Synchronous, Nudging::Symmetric, 64),
     ] {
-        let cfg = small(layers, relaxation, nudging);
+        let cfg = Config {
+            batch_size: batch,
+            ..small(layers, relaxation, nudging)
+        };
         let splits = load_data(&cfg).unwrap();
         let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
         let mut cpu = EqProp::new(&cfg, counts);
@@ -77,7 +82,7 @@ fn gpu_training_batches_match_the_cpu() {
             e_gpu += gpu.train_batch(&splits.train, batch, &mut r2).errors;
         }
         gpu.sync_host().unwrap();
-        let label = format!("{layers:?} {relaxation:?} {nudging:?}");
+        let label = format!("{layers:?} {relaxation:?} {nudging:?} batch {batch}");
         for (k, (wc, wg)) in cpu
             .net
             .weights

@@ -24,8 +24,8 @@ const KW: usize = 8;
 const TILE: usize = 32;
 /// Floats of shared memory a block may stage (48 KiB, the static limit).
 const STAGE_MAX: usize = 12 * 1024 - 64;
-/// Largest batch a step kernel keeps in registers.
-pub const MAX_BATCH: usize = 32;
+/// Largest batch on the GPU (blocks take it in groups of at most 32 columns).
+pub const MAX_BATCH: usize = 1024;
 
 /// Where everything lives, in floats, for a network shape and batch capacity.
 #[derive(Clone, Debug)]
@@ -44,8 +44,13 @@ pub struct Shape {
     pub tiles: Vec<(usize, usize)>,
     /// Tiles of odd layers (the first `odd_tiles` of `tiles`).
     pub odd_tiles: usize,
-    /// Blocks per tile (the reduction split across blocks, to fill the GPU).
+    /// Blocks per tile and batch group (the reduction split across blocks, to fill the GPU).
     pub kb: usize,
+    /// Batch columns per block (a multiple of 4 dividing bp, at most 32: the
+    /// step kernel keeps one accumulator per column in registers).
+    pub bg: usize,
+    /// Batch groups: bp / bg.
+    pub nbg: usize,
 }
 
 impl Shape {
@@ -87,8 +92,14 @@ impl Shape {
             .map(|k| if k >= 2 { sizes[k - 1] } else { 0 } + if k < l { sizes[k + 1] } else { 0 })
             .max()
             .unwrap_or(0);
-        let mut kb = (264 / tiles.len()).clamp(1, 8);
-        while (widest.div_ceil(kb) + 1) * (bp + TILE) > STAGE_MAX {
+        let bg = (4..=TILE.min(bp))
+            .step_by(4)
+            .filter(|g| bp % g == 0)
+            .max()
+            .expect("bp is a multiple of 4");
+        let nbg = bp / bg;
+        let mut kb = (264 / (tiles.len() * nbg)).clamp(1, 8);
+        while (widest.div_ceil(kb) + 1) * (bg + TILE) > STAGE_MAX {
             kb += 1;
         }
         Shape {
@@ -103,6 +114,8 @@ impl Shape {
             tiles,
             odd_tiles,
             kb,
+            bg,
+            nbg,
         }
     }
 
@@ -122,7 +135,7 @@ impl Shape {
             })
             .max()
             .unwrap_or(0);
-        (rows * (self.bp + TILE)).max(KW * self.bp * TILE)
+        (rows * (self.bg + TILE)).max(KW * self.bg * TILE)
     }
 
     /// The constants kernels.cu is compiled with.
@@ -139,7 +152,8 @@ impl Shape {
         let layers: Vec<usize> = self.tiles.iter().map(|t| t.0).collect();
         let j0: Vec<usize> = self.tiles.iter().map(|t| t.1).collect();
         format!(
-            "#define L {l}\n#define BP {bp}\n#define KW {KW}\n#define KB {kb}\n\
+            "#define L {l}\n#define BP {bp}\n#define BG {bg}\n#define NBG {nbg}\n\
+             #define KW {KW}\n#define KB {kb}\n\
              #define STATE_LEN {sl}\n#define TILES {t}\n#define ODD_TILES {odd}\n\
              #define STAGE {stage}\n\
              __constant__ int N[{n1}] = {{{n}}};\n\
@@ -150,6 +164,8 @@ impl Shape {
              __constant__ int TILE_LAYER[{t}] = {{{tl}}};\n\
              __constant__ int TILE_J0[{t}] = {{{tj}}};\n",
             bp = self.bp,
+            bg = self.bg,
+            nbg = self.nbg,
             kb = self.kb,
             sl = self.state_len,
             odd = self.odd_tiles,
@@ -308,7 +324,7 @@ impl Engine {
         let per_sm = phase
             .occupancy_max_active_blocks_per_multiprocessor((KW * 32) as u32, 0, None)
             .map_err(err)?;
-        let virtual_blocks = (shape.tiles.len() * shape.kb) as u32;
+        let virtual_blocks = (shape.tiles.len() * shape.kb * shape.nbg) as u32;
         let phase_blocks = (per_sm * sms).min(virtual_blocks);
         Ok(Engine {
             relax: f("relax_step")?,
@@ -331,7 +347,10 @@ impl Engine {
             stats: zeros(2)?,
             change: stream.alloc_zeros::<u32>(1).map_err(err)?,
             partial: zeros(shape.tiles.len() * shape.kb * shape.bp * TILE)?,
-            counters: stream.alloc_zeros::<u32>(shape.tiles.len()).map_err(err)?,
+            // One arrival counter per (tile, batch group).
+            counters: stream
+                .alloc_zeros::<u32>(shape.tiles.len() * shape.nbg)
+                .map_err(err)?,
             blas,
             _workspace: workspace,
             shape,
@@ -637,7 +656,7 @@ impl Engine {
         b.arg(&sign).arg(&eps).arg(&eo).arg(&t0);
         b.arg(&part).arg(&cnt).arg(&change);
         let cfg = LaunchConfig {
-            grid_dim: ((tiles * self.shape.kb) as u32, 1, 1),
+            grid_dim: ((tiles * self.shape.kb * self.shape.nbg) as u32, 1, 1),
             block_dim: ((KW * 32) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -870,9 +889,11 @@ mod tests {
         }
         for name in ["eqprop-mnist-1h", "eqprop-mnist-2h", "eqprop-mnist-3h"] {
             let cfg = crate::config::preset(name).unwrap();
-            for batch in [1, 20, MAX_BATCH] {
+            for batch in [1, 20, 32, 100, 500, MAX_BATCH] {
                 let shape = Shape::new(&cfg.layers, batch);
                 assert!(shape.stage_floats() <= STAGE_MAX, "{name} batch {batch}");
+                assert_eq!(shape.bg * shape.nbg, shape.bp);
+                assert!(shape.bg % 4 == 0 && shape.bg <= TILE);
                 compile(&shape, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }

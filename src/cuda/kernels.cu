@@ -38,8 +38,10 @@ __device__ __forceinline__ void tile_step(
     float sign, float eps, int even_odd,
     float* __restrict__ partial, unsigned* __restrict__ counters, unsigned* change)
 {
-    const int tile = tile0 + vb / KB;
-    const int kb = vb % KB;
+    // Virtual block = (tile, batch group bg, reduction slice kb).
+    const int tile = tile0 + vb / (KB * NBG);
+    const int kb = vb % KB, bg = (vb / KB) % NBG;
+    const int col0 = bg * BG; // this block's first batch column
     const int k = TILE_LAYER[tile];
     const int n = N[k];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -54,24 +56,24 @@ __device__ __forceinline__ void tile_step(
     // Stage this block's rows of the reduction in shared memory first: every
     // thread issues its loads at once, so the step pays about one memory
     // round trip instead of one per row (a loop of dependent loads is
-    // latency-bound at batch 20). Row r is state row b0 + r (BP values) and
-    // the 32 weights it meets in this tile.
+    // latency-bound at batch 20). Row r is state row b0 + r (this block's BG
+    // batch columns of it) and the 32 weights it meets in this tile.
     __shared__ __align__(16) float stage[STAGE];
     __shared__ int last;
     __syncthreads(); // the previous call's readers of stage are done
     const int rows_here = b1 - b0;
-    float* sS = stage;                   // rows_here x BP
-    float* sW = stage + rows_here * BP;  // rows_here x 32
+    float* sS = stage;                   // rows_here x BG
+    float* sW = stage + rows_here * BG;  // rows_here x 32
     const int j0 = TILE_J0[tile];
     auto row_state = [&](int i) -> const float* {
-        return i < kd ? src + SOFF[k - 1] + i * BP : src + SOFF[k + 1] + (i - kd) * BP;
+        return (i < kd ? src + SOFF[k - 1] + i * BP : src + SOFF[k + 1] + (i - kd) * BP) + col0;
     };
     auto row_weights = [&](int i) -> const float* {
         return i < kd ? P + WOFF[k - 1] + i * n : P + WTOFF[k] + (i - kd) * n;
     };
 #pragma unroll 4
-    for (int e = threadIdx.x; e < rows_here * (BP / 4); e += KW * 32) {
-        const int r = e / (BP / 4), q = e % (BP / 4);
+    for (int e = threadIdx.x; e < rows_here * (BG / 4); e += KW * 32) {
+        const int r = e / (BG / 4), q = e % (BG / 4);
         reinterpret_cast<float4*>(sS)[e] =
             __ldcg(reinterpret_cast<const float4*>(row_state(b0 + r)) + q);
     }
@@ -91,14 +93,14 @@ __device__ __forceinline__ void tile_step(
     }
     __syncthreads();
 
-    float acc[BP];
+    float acc[BG];
 #pragma unroll
-    for (int b = 0; b < BP; ++b) acc[b] = 0.f;
+    for (int b = 0; b < BG; ++b) acc[b] = 0.f;
     for (int r = w0 - b0; r < w1 - b0; ++r) {
         const float wi = sW[r * 32 + lane];
-        const float4* si = reinterpret_cast<const float4*>(sS + r * BP);
+        const float4* si = reinterpret_cast<const float4*>(sS + r * BG);
 #pragma unroll
-        for (int q = 0; q < BP / 4; ++q) {
+        for (int q = 0; q < BG / 4; ++q) {
             const float4 v = si[q];
             acc[4 * q] += v.x * wi;
             acc[4 * q + 1] += v.y * wi;
@@ -111,30 +113,31 @@ __device__ __forceinline__ void tile_step(
     float* red = stage; // reuses the staging buffer
     __syncthreads();
 #pragma unroll
-    for (int b = 0; b < BP; ++b) red[(warp * BP + b) * 32 + lane] = acc[b];
+    for (int b = 0; b < BG; ++b) red[(warp * BG + b) * 32 + lane] = acc[b];
     __syncthreads();
-    for (int o = threadIdx.x; o < BP * 32; o += KW * 32) {
+    for (int o = threadIdx.x; o < BG * 32; o += KW * 32) {
         float t = 0.f;
-        for (int w = 0; w < KW; ++w) t += red[w * BP * 32 + o];
+        for (int w = 0; w < KW; ++w) t += red[w * BG * 32 + o];
         red[o] = t;
     }
     if (KB > 1) {
         // Publish this block's partial; the tile's last block finishes.
-        float* mine = partial + (size_t)(tile * KB + kb) * BP * 32;
-        for (int o = threadIdx.x; o < BP * 32; o += KW * 32) mine[o] = red[o];
+        const int group = tile * NBG + bg; // the blocks that share these outputs
+        float* mine = partial + (size_t)(group * KB + kb) * BG * 32;
+        for (int o = threadIdx.x; o < BG * 32; o += KW * 32) mine[o] = red[o];
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) last = atomicAdd(&counters[tile], 1u) == KB - 1;
+        if (threadIdx.x == 0) last = atomicAdd(&counters[group], 1u) == KB - 1;
         __syncthreads();
         if (!last) return;
         __threadfence();
-        for (int o = threadIdx.x; o < BP * 32; o += KW * 32) {
+        for (int o = threadIdx.x; o < BG * 32; o += KW * 32) {
             float t = 0.f;
             for (int q = 0; q < KB; ++q)
-                t += __ldcg(partial + (size_t)(tile * KB + q) * BP * 32 + o);
+                t += __ldcg(partial + (size_t)(group * KB + q) * BG * 32 + o);
             red[o] = t;
         }
-        if (threadIdx.x == 0) counters[tile] = 0;
+        if (threadIdx.x == 0) counters[group] = 0;
     } else {
         __syncthreads();
     }
@@ -144,8 +147,8 @@ __device__ __forceinline__ void tile_step(
     const bool nudged = k == L && sign != 0.f;
     const float e = even_odd ? (nudged ? 1.f / (1.f + beta) : 1.f) : eps;
     float worst = 0.f;
-    for (int o = threadIdx.x; o < BP * 32; o += KW * 32) {
-        const int b = o / 32, jj = TILE_J0[tile] + o % 32;
+    for (int o = threadIdx.x; o < BG * 32; o += KW * 32) {
+        const int b = col0 + o / 32, jj = TILE_J0[tile] + o % 32;
         if (jj >= n) continue;
         const int at = SOFF[k] + jj * BP + b;
         const float s = __ldcg(src + at);
@@ -168,7 +171,7 @@ __device__ __forceinline__ void tile_step(
     }
 }
 
-// One step, one launch: gridDim.x = tiles * KB blocks.
+// One step, one launch: gridDim.x = tiles * KB * NBG blocks.
 extern "C" __global__ void __launch_bounds__(KW * 32)
 relax_step(const float* src, float* dst, const float* __restrict__ P,
            const float* __restrict__ drive0, const float* __restrict__ target,
@@ -220,7 +223,7 @@ relax_phase(float* a, float* b, const float* __restrict__ P,
         if (!even_odd) {
             const float* src = t % 2 == 0 ? a : b;
             float* dst = t % 2 == 0 ? b : a;
-            for (int vb = blockIdx.x; vb < TILES * KB; vb += gridDim.x)
+            for (int vb = blockIdx.x; vb < TILES * KB * NBG; vb += gridDim.x)
                 tile_step(vb, 0, src, dst, P, drive0, target, fparams, iparams, sign, eps, 0,
                           partial, counters, track);
             grid_sync(barrier);
@@ -228,7 +231,7 @@ relax_phase(float* a, float* b, const float* __restrict__ P,
             for (int half = 0; half < 2; ++half) {
                 const int tile0 = half == 0 ? 0 : ODD_TILES;
                 const int tiles = half == 0 ? ODD_TILES : TILES - ODD_TILES;
-                for (int vb = blockIdx.x; vb < tiles * KB; vb += gridDim.x)
+                for (int vb = blockIdx.x; vb < tiles * KB * NBG; vb += gridDim.x)
                     tile_step(vb, tile0, a, a, P, drive0, target, fparams, iparams, sign, eps, 1,
                               partial, counters, track);
                 grid_sync(barrier);

@@ -348,3 +348,169 @@ pub fn write(rows: &[Row], out: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Step by step, EP's nudged updates against BPTT's (Ernoult et al. 2019):
+/// per nudged step t (rows) and layer (columns), the mean cosine over usable
+/// examples, for the weight updates (W_k with b_{k+1}) and the neural updates
+/// (layers 1..=L; NaN while BPTT's adjoint has not reached the layer), and for
+/// the first example the traces of a few units.
+pub struct GduReport {
+    pub weights: Vec<Vec<f64>>,
+    pub neurons: Vec<Vec<f64>>,
+    /// (unit name, EP's (s_t - s_{t-1}) / beta, -eps dC/ds from BPTT) per step,
+    /// both divided by the unit's largest |BPTT| value.
+    pub traces: Vec<(String, Vec<f64>, Vec<f64>)>,
+    pub usage: Usage,
+}
+
+pub fn gdu(
+    label: &str,
+    net: &Network,
+    cfg: &Config,
+    data: &Dataset,
+    n: usize,
+    steps: usize,
+    beta: f64,
+) -> GduReport {
+    let eps = cfg.epsilon as f64;
+    let (found, usage) = usable(label, net, data, n, eps);
+    let depth = net.depth();
+    let mut weights = vec![vec![0.0; depth]; steps];
+    let mut neurons = vec![vec![0.0; depth]; steps];
+    let mut traces = Vec::new();
+    let cos = |a: &[f64], b: &[f64]| {
+        if b.iter().all(|v| v.abs() < 1e-15) {
+            f64::NAN // BPTT's signal has not reached this layer at this step
+        } else {
+            gradient::compare(a, b).0
+        }
+    };
+    for (e, (_, s_star, target, _)) in found.iter().enumerate() {
+        let trace = gradient::gdu(net, s_star, target, steps, steps, beta, eps);
+        for (t, st) in trace.iter().enumerate() {
+            for k in 0..depth {
+                weights[t][k] += cos(&st.ep_params.layer(k), &st.bptt_params.layer(k));
+                neurons[t][k] += cos(&st.ep_neurons[k + 1], &st.bptt_neurons[k + 1]);
+            }
+        }
+        if e == 0 {
+            // The output unit and the two first-layer units that BPTT moves most.
+            let largest = |v: &[f64]| {
+                let mut order: Vec<usize> = (0..v.len()).collect();
+                order.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+                order
+            };
+            let out = largest(&trace[0].bptt_neurons[depth])[0];
+            let units = [(depth, out, "output")].into_iter().chain(
+                largest(&trace[steps - 1].bptt_neurons[1])
+                    .into_iter()
+                    .take(2)
+                    .map(|j| (1, j, "layer 1")),
+            );
+            for (k, j, what) in units {
+                // Each unit scaled by its largest BPTT value, so all show on one chart.
+                let bp: Vec<f64> = trace.iter().map(|st| st.bptt_neurons[k][j]).collect();
+                let peak = bp.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+                traces.push((
+                    format!("{what} unit {j}"),
+                    trace.iter().map(|st| st.ep_neurons[k][j] / peak).collect(),
+                    bp.iter().map(|v| v / peak).collect(),
+                ));
+            }
+        }
+    }
+    let m = found.len().max(1) as f64;
+    for row in weights.iter_mut().chain(neurons.iter_mut()) {
+        row.iter_mut().for_each(|v| *v /= m);
+    }
+    GduReport {
+        weights,
+        neurons,
+        traces,
+        usage,
+    }
+}
+
+/// Writes gdu.csv, gdu_cosine.png and gdu_units.png into `out`; returns the table.
+pub fn write_gdu(report: &GduReport, title: &str, out: &Path) -> Result<String> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| crate::Error::io("cannot create output directory", out, e))?;
+    let depth = report.weights.first().map_or(0, |r| r.len());
+    let mut csv = String::from("t,layer,weights_cosine,neurons_cosine\n");
+    let mut table = format!("{:>4}", "t");
+    for k in 1..=depth {
+        table += &format!("  {:>8} {:>8}", format!("W{}", k - 1), format!("s{k}"));
+    }
+    table += "\n";
+    for (t, (w, s)) in report.weights.iter().zip(&report.neurons).enumerate() {
+        table += &format!("{:>4}", t + 1);
+        for k in 0..depth {
+            table += &format!("  {:>8.4} {:>8.4}", w[k], s[k]);
+            csv += &format!("{},{},{},{}\n", t + 1, k + 1, w[k], s[k]);
+        }
+        table += "\n";
+    }
+    write_atomic(&out.join("gdu.csv"), csv.as_bytes())?;
+    let names: Vec<(String, String)> = (0..depth)
+        .map(|k| (format!("W{k}, b{}", k + 1), format!("s{}", k + 1)))
+        .collect();
+    let mut series = Vec::new();
+    for (k, (wn, sn)) in names.iter().enumerate() {
+        let pick = |rows: &[Vec<f64>]| -> Vec<(f64, f64)> {
+            rows.iter()
+                .enumerate()
+                .map(|(t, r)| ((t + 1) as f64, r[k]))
+                .collect()
+        };
+        let color = PALETTE[k % PALETTE.len()];
+        series.push(Series {
+            name: wn,
+            points: pick(&report.weights),
+            color,
+        });
+        series.push(Series {
+            name: sn,
+            points: pick(&report.neurons),
+            color: PALETTE[(k + depth) % PALETTE.len()],
+        });
+    }
+    crate::plot::linear_chart(
+        &out.join("gdu_cosine.png"),
+        &format!("EP step t vs BPTT step T-t, cosine ({title})"),
+        "nudged step t",
+        "cosine (weights W_k, neurons s_k)",
+        &series,
+    )?;
+    let labels: Vec<(String, String)> = report
+        .traces
+        .iter()
+        .map(|(n, _, _)| (format!("{n}: EP"), format!("{n}: BPTT")))
+        .collect();
+    let mut series = Vec::new();
+    for (i, ((_, ep, bp), (le, lb))) in report.traces.iter().zip(&labels).enumerate() {
+        let pts = |v: &[f64]| -> Vec<(f64, f64)> {
+            v.iter()
+                .enumerate()
+                .map(|(t, &y)| ((t + 1) as f64, y))
+                .collect()
+        };
+        series.push(Series {
+            name: le,
+            points: pts(ep),
+            color: PALETTE[(2 * i) % PALETTE.len()],
+        });
+        series.push(Series {
+            name: lb,
+            points: pts(bp),
+            color: PALETTE[(2 * i + 1) % PALETTE.len()],
+        });
+    }
+    crate::plot::linear_chart(
+        &out.join("gdu_units.png"),
+        &format!("EP (s_t - s_t-1)/beta vs BPTT -eps dC/ds, one example ({title})"),
+        "nudged step t",
+        "update / largest |BPTT| of the unit",
+        &series,
+    )?;
+    Ok(table)
+}

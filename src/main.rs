@@ -89,6 +89,24 @@ enum Command {
         #[arg(long, default_value = "results/early-inference")]
         out: PathBuf,
     },
+    /// Step by step, EP's nudged updates against BPTT's (Ernoult et al. 2019):
+    /// per layer, cosine of weight and neural updates per step, and unit traces.
+    Gdu {
+        /// Preset for fresh weights (ignored with --run).
+        #[arg(long, default_value = "eqprop-mnist-1h")]
+        preset: String,
+        /// A run directory whose trained weights to use.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        examples: usize,
+        #[arg(long, default_value_t = 12)]
+        steps: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        beta: f64,
+        #[arg(long, default_value = "results/gdu")]
+        out: PathBuf,
+    },
     /// Redraw a run's learning_curve.png from its metrics.jsonl.
     Plot {
         #[arg(long)]
@@ -205,6 +223,14 @@ fn main() -> ExitCode {
             beta,
             out,
         }) => early_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
+        Some(Command::Gdu {
+            preset,
+            run,
+            examples,
+            steps,
+            beta,
+            out,
+        }) => gdu_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
         Some(Command::Plot { run }) => train::replot(&run),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
@@ -641,6 +667,39 @@ fn early_cmd(
     )?;
     println!(
         "wrote {0}/early_inference.csv and {0}/early_inference.png",
+        out.display()
+    );
+    Ok(())
+}
+
+fn gdu_cmd(
+    preset: &str,
+    run: Option<&std::path::Path>,
+    examples: usize,
+    steps: usize,
+    beta: f64,
+    out: &std::path::Path,
+) -> Result<()> {
+    let (cfg, net, label) = weights_for(preset, run)?;
+    let data = train::load_data(&cfg)?.val;
+    eprintln!("EP vs BPTT step by step with {label} weights, beta {beta}...");
+    let r = plasticity::gradcheck::gdu(
+        label,
+        &net,
+        &cfg,
+        &data,
+        examples.max(1),
+        steps.max(1),
+        beta,
+    );
+    eprintln!(
+        "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
+        r.usage.used, r.usage.not_settled, r.usage.zero_gradient
+    );
+    let title = format!("{label} {} weights, beta {beta}", cfg.preset);
+    print!("{}", plasticity::gradcheck::write_gdu(&r, &title, out)?);
+    println!(
+        "wrote {0}/gdu.csv, {0}/gdu_cosine.png and {0}/gdu_units.png",
         out.display()
     );
     Ok(())

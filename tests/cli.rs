@@ -281,7 +281,7 @@ fn compare_runs_each_scheme_and_plots() {
 }
 
 #[test]
-fn gradcheck_and_early_run_on_a_small_trained_net() {
+fn gradcheck_early_and_gdu_run_on_a_small_trained_net() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     plasticity::data::write_synthetic(&data, 120, 30, 28, 2);
@@ -305,6 +305,7 @@ fn gradcheck_and_early_run_on_a_small_trained_net() {
     for (cmd, file) in [
         ("gradcheck", "gradcheck.csv"),
         ("early", "early_inference.csv"),
+        ("gdu", "gdu_units.png"),
     ] {
         let dir = tmp.path().join(cmd);
         let out = plasticity()

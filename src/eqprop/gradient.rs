@@ -30,6 +30,31 @@ impl Grads {
         }
     }
 
+    pub fn scale(&mut self, c: f64) {
+        for v in self.weights.iter_mut().chain(self.biases.iter_mut()) {
+            v.iter_mut().for_each(|x| *x *= c);
+        }
+    }
+
+    /// self = (self - other) * c.
+    pub fn sub_scaled(&mut self, other: &Grads, c: f64) {
+        let pairs = self
+            .weights
+            .iter_mut()
+            .zip(&other.weights)
+            .chain(self.biases.iter_mut().zip(&other.biases));
+        for (a, b) in pairs {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x = (*x - y) * c);
+        }
+    }
+
+    /// Every parameter in one vector.
+    pub fn flat(&self) -> Vec<f64> {
+        (0..self.weights.len())
+            .flat_map(|k| self.layer(k))
+            .collect()
+    }
+
     /// All parameters of layer pair k as one flat vector (weights then bias).
     pub fn layer(&self, k: usize) -> Vec<f64> {
         let mut v = self.weights[k].clone();
@@ -351,19 +376,26 @@ pub fn early_inference(
     out
 }
 
-/// Flattens every parameter of `g` into one vector.
-fn flat(g: &Grads) -> Vec<f64> {
-    (0..g.weights.len()).flat_map(|k| g.layer(k)).collect()
+/// One nudged step of EP beside the matching step of BPTT.
+pub struct GduStep {
+    /// EP's parameter update of this nudged step, (1 / beta) times the increment
+    /// of -dE/dtheta = s_k s_{k+1}^T: [s^b_t s^b_t - s^b_{t-1} s^b_{t-1}] / beta.
+    pub ep_params: Grads,
+    /// BPTT's contribution of the matching step from the end, negated: -dC/dtheta(T - t).
+    pub bptt_params: Grads,
+    /// EP's neural update (s^b_t - s^b_{t-1}) / beta, per layer (index 0: input, empty change).
+    pub ep_neurons: States,
+    /// -eps dC/ds(T - t + 1) through the clip of that step: BPTT's adjoint of the
+    /// states, times eps (one step moves a state by eps times its drive).
+    pub bptt_neurons: States,
 }
 
 /// Step by step, EP against BPTT (the "gradient descending updates" property,
-/// Ernoult et al. 2019): the free phase runs `free` steps from `s0` (to its fixed
-/// point); BPTT's contribution of the k-th step from the end,
-/// dC/dtheta(T - k), is compared with EP's k-th nudged-phase update
-/// (1 / beta) [s^b_k s^b_k - s^b_{k-1} s^b_{k-1}] (the increment of
-/// -dE/dtheta over one nudged step). Returns, for k = 1..=steps, (cosine with
-/// -dC/dtheta(T - k), norm ratio).
-pub fn ep_vs_bptt_per_step(
+/// Ernoult et al. 2019): the free phase runs `free` steps from `s0` (to its
+/// fixed point), BPTT runs back through them, and the nudged phase runs `steps`
+/// steps from the end. GDU says EP's t-th nudged update equals BPTT's t-th
+/// step from the end, for the parameters and for the neurons, as beta -> 0.
+pub fn gdu(
     net: &Network,
     s0: &States,
     target: &[f64],
@@ -371,25 +403,53 @@ pub fn ep_vs_bptt_per_step(
     steps: usize,
     beta: f64,
     eps: f64,
-) -> Vec<(f64, f64)> {
+) -> Vec<GduStep> {
     let (mut traj, pre) = unroll(net, s0, free, eps);
-    let mut per_step = Vec::with_capacity(steps);
+    let mut bptt = Vec::with_capacity(steps);
     let mut g = output_grad(traj.last().unwrap(), target);
     for t in (free - steps..free).rev() {
+        // The adjoint through this step's clip: a clipped unit cannot move.
+        let neurons: States = g
+            .iter()
+            .zip(&pre[t])
+            .map(|(gk, ak)| {
+                gk.iter()
+                    .zip(ak)
+                    .map(|(&x, &a)| {
+                        if (0.0..=1.0).contains(&a) {
+                            -eps * x
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         let mut grads = Grads::zeros(net);
         g = backward_step(net, &traj[t], &pre[t], &g, eps, &mut grads);
-        per_step.push(flat(&grads));
+        grads.scale(-1.0);
+        bptt.push((grads, neurons));
     }
     let mut s = traj.pop().unwrap();
-    let mut prev = flat(&hebbian(net, &s));
+    let mut prev = hebbian(net, &s);
     let mut out = Vec::with_capacity(steps);
-    for bptt in per_step {
-        s = nudged_step(net, &s, target, beta, eps);
-        let now = flat(&hebbian(net, &s));
-        let ep: Vec<f64> = now.iter().zip(&prev).map(|(n, p)| (n - p) / beta).collect();
-        let neg: Vec<f64> = bptt.iter().map(|v| -v).collect();
-        out.push(compare(&ep, &neg));
-        prev = now;
+    for (bptt_params, bptt_neurons) in bptt {
+        let next = nudged_step(net, &s, target, beta, eps);
+        let now = hebbian(net, &next);
+        let mut ep_params = now.clone();
+        ep_params.sub_scaled(&prev, 1.0 / beta);
+        let ep_neurons = next
+            .iter()
+            .zip(&s)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) / beta).collect())
+            .collect();
+        out.push(GduStep {
+            ep_params,
+            bptt_params,
+            ep_neurons,
+            bptt_neurons,
+        });
+        (s, prev) = (next, now);
     }
     out
 }
@@ -551,13 +611,40 @@ mod tests {
     fn each_nudged_step_of_ep_matches_the_bptt_step_it_mirrors() {
         let (net, s0) = small_net(&[8, 7, 6, 5], 11, 0.4, 0.3..0.5);
         let target = vec![0.0, 1.0, 0.0, 0.0, 0.0];
-        let per_step = ep_vs_bptt_per_step(&net, &s0, &target, 300, 8, 1e-5, 0.5);
-        for (k, (cos, ratio)) in per_step.iter().enumerate() {
+        let steps = gdu(&net, &s0, &target, 300, 8, 1e-5, 0.5);
+        for (t, st) in steps.iter().enumerate() {
+            // Parameters, all together and per layer pair.
+            let (cos, ratio) = compare(&st.ep_params.flat(), &st.bptt_params.flat());
             assert!(
-                *cos > 0.9999 && (ratio - 1.0).abs() < 1e-3,
+                cos > 0.9999 && (ratio - 1.0).abs() < 1e-3,
                 "step {}: cosine {cos}, ratio {ratio}",
-                k + 1
+                t + 1
             );
+            for k in 0..net.weights.len() {
+                let (ep, bp) = (st.ep_params.layer(k), st.bptt_params.layer(k));
+                if bp.iter().any(|v| v.abs() > 1e-12) {
+                    let (cos, _) = compare(&ep, &bp);
+                    assert!(cos > 0.9999, "step {} W{k}: cosine {cos}", t + 1);
+                }
+            }
+            // Neurons: (s_t - s_{t-1}) / beta against -eps dC/ds, layer by layer.
+            for k in 1..st.ep_neurons.len() {
+                let (ep, bp) = (&st.ep_neurons[k], &st.bptt_neurons[k]);
+                if bp.iter().any(|v| v.abs() > 1e-12) {
+                    let (cos, ratio) = compare(ep, bp);
+                    assert!(
+                        cos > 0.9999 && (ratio - 1.0).abs() < 1e-3,
+                        "step {} layer {k}: cosine {cos}, ratio {ratio}",
+                        t + 1
+                    );
+                } else {
+                    assert!(
+                        ep.iter().all(|v| v.abs() < 1e-6),
+                        "step {} layer {k}",
+                        t + 1
+                    );
+                }
+            }
         }
     }
 }

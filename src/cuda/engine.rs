@@ -94,7 +94,7 @@ impl Shape {
             .unwrap_or(0);
         let bg = (4..=TILE.min(bp))
             .step_by(4)
-            .filter(|g| bp % g == 0)
+            .filter(|g| bp.is_multiple_of(*g))
             .max()
             .expect("bp is a multiple of 4");
         let nbg = bp / bg;
@@ -893,7 +893,7 @@ mod tests {
                 let shape = Shape::new(&cfg.layers, batch);
                 assert!(shape.stage_floats() <= STAGE_MAX, "{name} batch {batch}");
                 assert_eq!(shape.bg * shape.nbg, shape.bp);
-                assert!(shape.bg % 4 == 0 && shape.bg <= TILE);
+                assert!(shape.bg.is_multiple_of(4) && shape.bg <= TILE);
                 compile(&shape, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }

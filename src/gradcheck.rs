@@ -121,6 +121,16 @@ pub struct Usage {
     pub zero_gradient: usize,
 }
 
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
+            self.used, self.not_settled, self.zero_gradient
+        )
+    }
+}
+
 /// An example usable for gradient checks: its index, free fixed point, one-hot
 /// target and the exact gradient there.
 pub type Usable = (usize, States, Vec<f64>, Grads);

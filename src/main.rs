@@ -604,10 +604,7 @@ fn early_cmd(
     eprintln!("early inference with {label} weights, beta {beta}...");
     let (cos, usage) =
         plasticity::gradcheck::early(label, &net, &cfg, &data, examples.max(1), steps, beta);
-    eprintln!(
-        "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
-        usage.used, usage.not_settled, usage.zero_gradient
-    );
+    eprintln!("  {usage}");
     let depth = net.depth();
     print!("{:>4}", "t");
     for k in 1..=depth {
@@ -692,10 +689,7 @@ fn gdu_cmd(
         steps.max(1),
         beta,
     );
-    eprintln!(
-        "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
-        r.usage.used, r.usage.not_settled, r.usage.zero_gradient
-    );
+    eprintln!("  {}", r.usage);
     let title = format!("{label} {} weights, beta {beta}", cfg.preset);
     print!("{}", plasticity::gradcheck::write_gdu(&r, &title, out)?);
     println!(
@@ -727,10 +721,7 @@ fn gradcheck_cmd(
     for (label, net) in &sets {
         eprintln!("measuring {label} weights on {n} examples...");
         let (r, usage) = gradcheck::measure(label, net, &cfg, &data, n);
-        eprintln!(
-            "  {} examples used; skipped {} whose free phase had not settled and {} with a zero gradient",
-            usage.used, usage.not_settled, usage.zero_gradient
-        );
+        eprintln!("  {usage}");
         rows.extend(r);
     }
     gradcheck::write(&rows, out)?;

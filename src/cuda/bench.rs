@@ -45,10 +45,14 @@ pub fn time_steps(cfg: &Config, steps: usize, persistent: bool) -> Result<(f64, 
     e.load(super::Set::FreeA, None)?;
     e.take_launches();
     let (scheme, eps) = (cfg.relaxation, cfg.epsilon);
-    let graph = e.capture(|e| {
-        e.relax(super::Set::FreeA, steps, 0.0, scheme, eps, false)
-            .map(|_| ())
-    })?;
+    let r = super::Relax {
+        steps,
+        sign: 0.0,
+        scheme,
+        eps,
+        track_last: false,
+    };
+    let graph = e.capture(|e| e.relax(super::Set::FreeA, &r).map(|_| ()))?;
     let launches = e.take_launches() as f64 / steps as f64;
     graph.launch().map_err(super::device_error)?;
     e.synchronize()?;

@@ -218,6 +218,30 @@ impl Set {
     }
 }
 
+/// How a phase relaxes: `steps` steps, `sign` 0 (free) or +1 / -1 (nudged by
+/// +-fparams[0]), the scheme and its step size; `track_last` records the
+/// largest change of the last step.
+#[derive(Clone, Copy, Debug)]
+pub struct Relax {
+    pub steps: usize,
+    pub sign: f32,
+    pub scheme: Relaxation,
+    pub eps: f32,
+    pub track_last: bool,
+}
+
+impl Relax {
+    pub fn of(s: &crate::eqprop::Settings, steps: usize, sign: f32, track_last: bool) -> Relax {
+        Relax {
+            steps,
+            sign,
+            scheme: s.relaxation,
+            eps: s.epsilon,
+            track_last,
+        }
+    }
+}
+
 /// Per-example states kept on the device: count examples x N[k] per layer.
 pub struct Particles {
     pub count: usize,
@@ -527,30 +551,24 @@ impl Engine {
         )
     }
 
-    /// `steps` steps from `start` (sync: ping-pong with its pair; even/odd: in
-    /// place). `sign`: 0 free, +1 / -1 nudged by +-fparams[0]. Tracks the
-    /// largest change of the last step if `track_last`. Returns the set holding the result.
-    pub fn relax(
-        &mut self,
-        start: Set,
-        steps: usize,
-        sign: f32,
-        scheme: Relaxation,
-        eps: f32,
-        track_last: bool,
-    ) -> Result<Set> {
+    /// Relaxes from `start` (sync: ping-pong with its pair; even/odd: in
+    /// place). Returns the set holding the result.
+    pub fn relax(&mut self, start: Set, r: &Relax) -> Result<Set> {
         if self.persistent {
-            return self.relax_persistent(start, steps, sign, scheme, eps, track_last);
+            return self.relax_persistent(start, r);
         }
+        let Relax {
+            steps, sign, eps, ..
+        } = *r;
         let mut cur = start;
         for t in 0..steps {
-            let track = track_last && t + 1 == steps;
+            let track = r.track_last && t + 1 == steps;
             if track {
                 let c = ptr(&self.change, &self.stream);
                 // SAFETY: one u32.
                 unsafe { drv::memset_d8_async(c, 0, 4, self.stream.cu_stream()) }.map_err(err)?;
             }
-            match scheme {
+            match r.scheme {
                 Relaxation::Synchronous => {
                     let n = self.shape.tiles.len();
                     self.step(cur, cur.other(), sign, eps, false, 0, n, track)?;
@@ -567,15 +585,14 @@ impl Engine {
     }
 
     /// `relax` as one cooperative launch of relax_phase.
-    fn relax_persistent(
-        &mut self,
-        start: Set,
-        steps: usize,
-        sign: f32,
-        scheme: Relaxation,
-        eps: f32,
-        track_last: bool,
-    ) -> Result<Set> {
+    fn relax_persistent(&mut self, start: Set, r: &Relax) -> Result<Set> {
+        let Relax {
+            steps,
+            sign,
+            scheme,
+            eps,
+            track_last,
+        } = *r;
         if steps == 0 {
             return Ok(start);
         }

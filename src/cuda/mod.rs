@@ -8,7 +8,7 @@
 pub mod bench;
 mod engine;
 
-pub use engine::{Engine, MAX_BATCH, Set, Shape};
+pub use engine::{Engine, MAX_BATCH, Relax, Set, Shape};
 
 use crate::config::{Config, NudgedUpdate, Nudging};
 use crate::data::Dataset;
@@ -77,6 +77,19 @@ pub fn check_supported(cfg: &Config) -> Result<()> {
         return refuse("nudged_update = \"continuous\"");
     }
     Ok(())
+}
+
+/// Enqueues a batch's free phase: load (from `particles` or rest), input
+/// drive, relaxation, score, and the new fixed points back into `particles`.
+fn free_phase(e: &mut Engine, s: &Settings, particles: Option<&engine::Particles>) -> Result<Set> {
+    e.load(Set::FreeA, particles)?;
+    e.input_drive()?;
+    let free = e.relax(Set::FreeA, &Relax::of(s, s.free_steps, 0.0, true))?;
+    e.score(free)?;
+    if let Some(p) = particles {
+        e.store(free, p)?;
+    }
+    Ok(free)
 }
 
 /// One split's per-example states: on the device, mirrored on the host for checkpoints.
@@ -212,40 +225,21 @@ impl CudaEqProp {
         self.iparams[2 * bp] = indices.len() as i32;
     }
 
-    /// Captures the training batch: load, free phase, score, particles,
-    /// nudged phase(s), update.
+    /// Captures the training batch: the free phase, then the nudged phase(s)
+    /// and the update.
     fn train_graph(&mut self) -> Result<CudaGraph> {
         let s = self.settings.clone();
         let symmetric = s.nudging == Nudging::Symmetric;
         let particles = self.particles.as_ref().map(|p| &p.device);
-        let engine = &mut self.engine;
-        engine.capture(|e| {
-            e.load(Set::FreeA, particles)?;
-            e.input_drive()?;
-            let free = e.relax(Set::FreeA, s.free_steps, 0.0, s.relaxation, s.epsilon, true)?;
-            e.score(free)?;
-            if let Some(p) = particles {
-                e.store(free, p)?;
-            }
-            e.copy(free, Set::PosA)?;
-            let plus = e.relax(
-                Set::PosA,
-                s.nudged_steps,
-                1.0,
-                s.relaxation,
-                s.epsilon,
-                false,
-            )?;
+        self.engine.capture(|e| {
+            let free = free_phase(e, &s, particles)?;
+            let nudged = |e: &mut Engine, set, sign| {
+                e.copy(free, set)?;
+                e.relax(set, &Relax::of(&s, s.nudged_steps, sign, false))
+            };
+            let plus = nudged(e, Set::PosA, 1.0)?;
             let minus = if symmetric {
-                e.copy(free, Set::NegA)?;
-                e.relax(
-                    Set::NegA,
-                    s.nudged_steps,
-                    -1.0,
-                    s.relaxation,
-                    s.epsilon,
-                    false,
-                )?
+                nudged(e, Set::NegA, -1.0)?
             } else {
                 free
             };
@@ -257,16 +251,8 @@ impl CudaEqProp {
     fn eval_graph(&mut self, warm: Option<usize>) -> Result<CudaGraph> {
         let s = self.settings.clone();
         let particles = warm.map(|w| &self.warm[w].device);
-        self.engine.capture(|e| {
-            e.load(Set::FreeA, particles)?;
-            e.input_drive()?;
-            let free = e.relax(Set::FreeA, s.free_steps, 0.0, s.relaxation, s.epsilon, true)?;
-            e.score(free)?;
-            if let Some(p) = particles {
-                e.store(free, p)?;
-            }
-            Ok(())
-        })
+        self.engine
+            .capture(|e| free_phase(e, &s, particles).map(|_| ()))
     }
 
     fn try_train_batch(

@@ -62,6 +62,7 @@ fn relax(c: &mut Criterion) {
     g.bench_function("free 20x500", |b| {
         b.iter(|| black_box(kernels::relax_layer(&mut s, &drive, &bias, 0, n, 0.5, None)))
     });
+    let mask = vec![1.0f32; target.len()];
     g.bench_function("nudged 20x500", |b| {
         b.iter(|| {
             black_box(kernels::relax_layer(
@@ -71,7 +72,7 @@ fn relax(c: &mut Criterion) {
                 0,
                 n,
                 0.5,
-                Some((1.0, &target)),
+                Some((1.0, &target, &mask)),
             ))
         })
     });

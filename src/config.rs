@@ -54,6 +54,22 @@ pub enum NudgedUpdate {
     Continuous,
 }
 
+/// What nudges EP's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// The label: every output toward its one-hot target.
+    #[default]
+    Supervised,
+    /// A reward: MNIST as a contextual bandit, only the chosen action's output
+    /// nudged toward the reward it earned (see `bandit`).
+    Bandit,
+}
+
+fn default_explore() -> Vec<f32> {
+    vec![0.2, 0.01]
+}
+
 /// Where EP runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -85,6 +101,12 @@ pub struct Config {
     /// One learning rate per weight matrix W_k (the bias of layer k+1 shares it).
     pub learning_rates: Vec<f32>,
     pub nudging: Nudging,
+    #[serde(default)]
+    pub task: Task,
+    /// Bandit only: epsilon of epsilon-greedy exploration in the first and the
+    /// last epoch (linear in between).
+    #[serde(default = "default_explore")]
+    pub explore: Vec<f32>,
     #[serde(default)]
     pub nudged_update: NudgedUpdate,
     #[serde(default)]
@@ -125,10 +147,11 @@ pub struct Config {
 }
 
 /// Names of the presets, in the order `plasticity presets` lists them.
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 7] = [
     "eqprop-mnist-1h",
     "eqprop-mnist-2h",
     "eqprop-mnist-3h",
+    "eqprop-mnist-bandit",
     "backprop-mnist-1h",
     "backprop-mnist-2h",
     "backprop-mnist-3h",
@@ -167,6 +190,8 @@ pub fn preset(name: &str) -> Result<Config> {
         learning_rates: rates,
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
+        task: Task::Supervised,
+        explore: default_explore(),
         relaxation: Relaxation::Synchronous,
         tolerance: 0.0,
         persistent_particles: true,
@@ -201,6 +226,12 @@ pub fn preset(name: &str) -> Result<Config> {
             vec![0.128, 0.032, 0.008, 0.002],
             500,
         )),
+        // MNIST as a contextual bandit: the 1h settings, a reward nudge instead of the label.
+        "eqprop-mnist-bandit" => Ok(Config {
+            preset: name.to_string(),
+            task: Task::Bandit,
+            ..preset("eqprop-mnist-1h")?
+        }),
         // The baselines: EP's architecture and epochs, SGD on the same cost.
         "backprop-mnist-1h" | "backprop-mnist-2h" | "backprop-mnist-3h" => {
             let ep = preset(&name.replace("backprop", "eqprop"))?;
@@ -338,6 +369,18 @@ impl Config {
                  lower |beta| below 1 or use nudging = \"positive\"",
                 self.beta, self.nudging
             ));
+        }
+        if self.task == Task::Bandit {
+            if self.explore.len() != 2 || self.explore.iter().any(|e| !(0.0..=1.0).contains(e)) {
+                return bad(format!(
+                    "explore = {:?}: give [start, end], each in [0, 1]",
+                    self.explore
+                ));
+            }
+            if self.relaxation != Relaxation::Synchronous || self.nudged_update != NudgedUpdate::End
+            {
+                return bad("task = \"bandit\" needs relaxation = \"synchronous\" and nudged_update = \"end\"".into());
+            }
         }
         if self.tolerance.is_nan() || self.tolerance < 0.0 {
             return bad(format!(

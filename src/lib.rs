@@ -6,6 +6,7 @@
 //! know no model.
 
 pub mod backprop;
+pub mod bandit;
 pub mod bench;
 pub mod compare;
 pub mod config;

@@ -418,10 +418,13 @@ impl Progress for Bar {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        let warm = match (m.val_error_warm, m.test_error_warm) {
+        let mut warm = match (m.val_error_warm, m.test_error_warm) {
             (Some(v), Some(t)) => format!("  (warm: val {:.2}% test {:.2}%)", 100.0 * v, 100.0 * t),
             _ => String::new(),
         };
+        if let Some(r) = m.mean_reward {
+            warm += &format!("  reward {r:.4}");
+        }
         println!(
             "epoch {:>3}/{}  train {:6.2}%  val {:6.2}%  test {:6.2}%{warm}  cost {:.4}  {:.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
             m.epoch,

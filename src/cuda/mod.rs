@@ -76,6 +76,9 @@ pub fn check_supported(cfg: &Config) -> Result<()> {
     if cfg.nudged_update == NudgedUpdate::Continuous {
         return refuse("nudged_update = \"continuous\"");
     }
+    if cfg.task == crate::config::Task::Bandit {
+        return refuse("task = \"bandit\"");
+    }
     Ok(())
 }
 

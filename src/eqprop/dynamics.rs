@@ -22,8 +22,11 @@ pub struct Block {
     pub x: Matrix,
     /// x W_0 + b_1, `cap x n_1`.
     pub input_drive: Matrix,
-    /// One-hot targets, `cap x n_{L+1}`.
+    /// One-hot targets, `cap x n_{L+1}` (a bandit: the reward at the chosen action).
     pub target: Matrix,
+    /// Which output units the nudge acts on, `cap x n_{L+1}`: all ones
+    /// (supervised), or one-hot at the chosen action (bandit).
+    pub nudge_mask: Matrix,
     pub labels: Vec<u8>,
     /// Free-phase states: `free[k - 1]` is layer k.
     pub free: Vec<Matrix>,
@@ -55,6 +58,11 @@ impl Block {
             x: Matrix::zeros(cap, sizes[0]),
             input_drive: Matrix::zeros(cap, sizes[1]),
             target: Matrix::zeros(cap, *sizes.last().unwrap()),
+            nudge_mask: Matrix::from_vec(
+                cap,
+                *sizes.last().unwrap(),
+                vec![1.0; cap * sizes.last().unwrap()],
+            ),
             labels: vec![0; cap],
             free: layers(),
             nudged: layers(),
@@ -153,7 +161,7 @@ impl Block {
             Phase::Nudged => &mut self.nudged,
             Phase::NudgedNeg => &mut self.nudged_neg,
         };
-        let nudge = (beta != 0.0).then_some((beta, &self.target));
+        let nudge = (beta != 0.0).then_some((beta, &self.target, &self.nudge_mask));
         let mut change = 0.0;
         // Only the free phase stops early; the nudged phase keeps its fixed length.
         let tolerance = if phase == Phase::Free {
@@ -236,7 +244,7 @@ fn move_layer(
     i: usize,
     rows: usize,
     eps: f32,
-    nudge: Option<(f32, &Matrix)>,
+    nudge: Option<(f32, &Matrix, &Matrix)>,
 ) -> f32 {
     let depth = states.len();
     let n = states[i].cols;
@@ -248,7 +256,7 @@ fn move_layer(
         (&net.biases[i][..], 0)
     };
     let nudge = if i + 1 == depth {
-        nudge.map(|(b, t)| (b, &t.data[..len]))
+        nudge.map(|(b, t, m)| (b, &t.data[..len], &m.data[..len]))
     } else {
         None
     };
@@ -273,7 +281,7 @@ pub fn step(
     drives: &mut [Matrix],
     rows: usize,
     eps: f32,
-    nudge: Option<(f32, &Matrix)>,
+    nudge: Option<(f32, &Matrix, &Matrix)>,
 ) -> f32 {
     let depth = states.len();
     for (i, drive) in drives.iter_mut().enumerate().take(depth) {
@@ -307,7 +315,7 @@ pub fn step_even_odd(
     states: &mut [Matrix],
     drives: &mut [Matrix],
     rows: usize,
-    nudge: Option<(f32, &Matrix)>,
+    nudge: Option<(f32, &Matrix, &Matrix)>,
 ) -> f32 {
     let depth = states.len();
     let mut change = 0.0f32;
@@ -315,7 +323,8 @@ pub fn step_even_odd(
         for i in (parity..depth).step_by(2) {
             layer_drive(net, states, &mut drives[i], i, rows);
             let eps = match nudge {
-                Some((beta, _)) if i + 1 == depth => 1.0 / (1.0 + beta),
+                // (A partial mask would need eps per unit: config refuses bandit + even/odd.)
+                Some((beta, _, _)) if i + 1 == depth => 1.0 / (1.0 + beta),
                 _ => 1.0,
             };
             change = change.max(move_layer(

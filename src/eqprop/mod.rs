@@ -35,6 +35,9 @@ pub struct Settings {
     pub relaxation: crate::config::Relaxation,
     pub tolerance: f32,
     pub persistent_particles: bool,
+    pub task: crate::config::Task,
+    pub explore: Vec<f32>,
+    pub epochs: usize,
 }
 
 /// FLOPs of one relaxation step per example: each W_k (k >= 1) is used twice,
@@ -94,6 +97,9 @@ impl Settings {
             relaxation: c.relaxation,
             tolerance: c.tolerance,
             persistent_particles: c.persistent_particles,
+            task: c.task,
+            explore: c.explore.clone(),
+            epochs: c.epochs,
         }
     }
 }
@@ -114,6 +120,11 @@ pub struct EqProp {
     pub last_free_change: f32,
     /// Free-phase steps taken, summed over training examples since last asked.
     free_steps: (f64, usize),
+    /// Bandit: the current epoch (for exploration), rewards earned since last
+    /// asked, and the actions taken in the last batch.
+    epoch: usize,
+    rewards: (f64, usize),
+    pub last_actions: Vec<usize>,
 }
 
 impl EqProp {
@@ -169,6 +180,9 @@ impl EqProp {
             warm,
             last_free_change: 0.0,
             free_steps: (0.0, 0),
+            epoch: 1,
+            rewards: (0.0, 0),
+            last_actions: Vec::new(),
         }
     }
 }
@@ -243,7 +257,7 @@ impl EqProp {
                 .enumerate()
                 .for_each(|(p, b)| {
                     let (r0, r1) = row_range(end - start, parts, p);
-                    b.load(data, start + r0..start + r1, particles);
+                    b.load(data, start + r0..start + r1, particles, true);
                     b.compute_input_drive(net);
                     b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
                     b.score_free();
@@ -269,22 +283,27 @@ impl EqProp {
 
 impl Block {
     /// Clamps examples `idx` of `data` into this block and sets the initial
-    /// free state: the persistent particles if given, else zeros.
+    /// free state: the persistent particles if given, else zeros. With
+    /// `labels`, also the one-hot targets; without (a bandit), the labels stay
+    /// out of the block.
     fn load(
         &mut self,
         data: &Dataset,
         idx: impl ExactSizeIterator<Item = usize>,
         particles: &[Matrix],
+        labels: bool,
     ) {
         self.rows = idx.len();
         let n_out = self.target.cols;
         for (i, e) in idx.enumerate() {
             self.x.row_mut(i).copy_from_slice(data.images.row(e));
-            let label = data.labels[e];
-            self.labels[i] = label;
             let t = self.target.row_mut(i);
             t.fill(0.0);
-            t[label as usize % n_out] = 1.0;
+            if labels {
+                let label = data.labels[e];
+                self.labels[i] = label;
+                t[label as usize % n_out] = 1.0;
+            }
             for (k, s) in self.free.iter_mut().enumerate() {
                 match particles.get(k) {
                     Some(p) => s.row_mut(i).copy_from_slice(p.row(e)),
@@ -295,27 +314,59 @@ impl Block {
     }
 }
 
-impl Learner for EqProp {
-    fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats {
+impl EqProp {
+    /// The free phase of a batch on every block (in parallel): load, input
+    /// drive, relaxation; scored against the labels if `labels`.
+    fn free_phase(&mut self, data: &Dataset, indices: &[usize], labels: bool) {
         let s = &self.settings;
-        let beta = match s.nudging {
-            Nudging::RandomSign if rng.random_bool(0.5) => -s.beta,
-            _ => s.beta,
-        };
-        let symmetric = s.nudging == Nudging::Symmetric;
-        let continuous = s.nudged_update == NudgedUpdate::Continuous;
         let parts = self.blocks.len();
         let (net, particles) = (&self.net, &self.particles);
         self.blocks.par_iter_mut().enumerate().for_each(|(p, b)| {
             let (r0, r1) = row_range(indices.len(), parts, p);
-            b.load(data, indices[r0..r1].iter().copied(), particles);
+            b.load(data, indices[r0..r1].iter().copied(), particles, labels);
             b.compute_input_drive(net);
             b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
-            b.score_free();
-            b.start_from_free(Phase::Nudged);
-            if continuous {
-                return; // the nudged phase runs below, step by step with the updates
+            if labels {
+                b.score_free();
             }
+        });
+        for b in &self.blocks {
+            self.free_steps.0 += (b.free_steps_taken * b.rows) as f64;
+            self.free_steps.1 += b.rows;
+        }
+        self.last_free_change = self
+            .blocks
+            .iter()
+            .map(|b| b.last_change)
+            .fold(0.0, f32::max);
+    }
+
+    /// Persistent particles: each example keeps its free fixed point.
+    fn keep_particles(&mut self, indices: &[usize]) {
+        let parts = self.blocks.len();
+        for (part, b) in self.blocks.iter().enumerate() {
+            let r0 = row_range(indices.len(), parts, part).0;
+            for (k, p) in self.particles.iter_mut().enumerate() {
+                for i in 0..b.rows {
+                    p.row_mut(indices[r0 + i]).copy_from_slice(b.free[k].row(i));
+                }
+            }
+        }
+    }
+
+    /// The nudged phase(s) from the free states and EP's update.
+    fn nudge_and_learn(&mut self, beta: f32, batch: usize) {
+        let s = &self.settings;
+        let symmetric = s.nudging == Nudging::Symmetric;
+        if s.nudged_update == NudgedUpdate::Continuous {
+            self.blocks
+                .par_iter_mut()
+                .for_each(|b| b.start_from_free(Phase::Nudged));
+            return self.nudge_continuously(beta, batch);
+        }
+        let net = &self.net;
+        self.blocks.par_iter_mut().for_each(|b| {
+            b.start_from_free(Phase::Nudged);
             b.relax(net, Phase::Nudged, s.nudged_steps, s.epsilon, beta);
             if symmetric {
                 b.start_from_free(Phase::NudgedNeg);
@@ -325,48 +376,96 @@ impl Learner for EqProp {
                 b.prepare_update(Phase::Nudged, Phase::Free);
             }
         });
-        for b in &self.blocks {
-            self.free_steps.0 += (b.free_steps_taken * b.rows) as f64;
-            self.free_steps.1 += b.rows;
-        }
-        // Persistent particles: each example keeps its free fixed point.
-        for (part, b) in self.blocks.iter().enumerate() {
-            let r0 = row_range(indices.len(), parts, part).0;
-            for (k, p) in self.particles.iter_mut().enumerate() {
-                for i in 0..b.rows {
-                    p.row_mut(indices[r0 + i]).copy_from_slice(b.free[k].row(i));
-                }
-            }
-        }
-        if continuous {
-            self.nudge_continuously(beta, indices.len());
+        let (plus, minus, coef) = if symmetric {
+            (Phase::Nudged, Phase::NudgedNeg, 1.0 / (2.0 * beta))
         } else {
-            let (plus, minus, coef) = if symmetric {
-                (Phase::Nudged, Phase::NudgedNeg, 1.0 / (2.0 * beta))
-            } else {
-                (Phase::Nudged, Phase::Free, 1.0 / beta)
-            };
-            learning::apply(
-                &mut self.net,
-                &self.blocks,
-                plus,
-                minus,
-                coef,
-                &self.settings.learning_rates,
-                indices.len(),
-                parts,
-            );
+            (Phase::Nudged, Phase::Free, 1.0 / beta)
+        };
+        let parts = self.blocks.len();
+        learning::apply(
+            &mut self.net,
+            &self.blocks,
+            plus,
+            minus,
+            coef,
+            &self.settings.learning_rates,
+            batch,
+            parts,
+        );
+    }
+
+    /// A bandit batch: the free phase sees only images; each example's action
+    /// is chosen from the outputs, the environment rewards it, and the nudge
+    /// acts on that action's output alone. Errors count greedy actions that
+    /// earn nothing; the cost is 1/2 (s_a - r)^2 of the action taken.
+    fn train_bandit(
+        &mut self,
+        data: &Dataset,
+        indices: &[usize],
+        rng: &mut ChaCha8Rng,
+        beta: f32,
+    ) -> Stats {
+        self.free_phase(data, indices, false);
+        let env = crate::bandit::Environment::new(&data.labels);
+        let eps = crate::bandit::epsilon(&self.settings.explore, self.epoch, self.settings.epochs);
+        let parts = self.blocks.len();
+        let mut stats = Stats::default();
+        self.last_actions.clear();
+        for (part, b) in self.blocks.iter_mut().enumerate() {
+            let r0 = row_range(indices.len(), parts, part).0;
+            let out = b.free.last().expect("an output layer");
+            let n = out.cols;
+            for i in 0..b.rows {
+                let e = indices[r0 + i];
+                let predicted = &out.data[i * n..(i + 1) * n];
+                let (greedy, action) = crate::bandit::choose(predicted, eps, rng);
+                let r = env.reward(e, action);
+                stats.errors += (env.reward(e, greedy) == 0.0) as usize;
+                stats.cost += 0.5 * ((predicted[action] - r) as f64).powi(2);
+                self.rewards.0 += r as f64;
+                self.rewards.1 += 1;
+                let (t, m) = (b.target.row_mut(i), b.nudge_mask.row_mut(i));
+                t.fill(0.0);
+                m.fill(0.0);
+                t[action] = r;
+                m[action] = 1.0;
+                self.last_actions.push(action);
+            }
+            stats.examples += b.rows;
         }
-        self.last_free_change = self
-            .blocks
-            .iter()
-            .map(|b| b.last_change)
-            .fold(0.0, f32::max);
+        self.keep_particles(indices);
+        self.nudge_and_learn(beta, indices.len());
+        stats
+    }
+}
+
+impl Learner for EqProp {
+    fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats {
+        let s = &self.settings;
+        let beta = match s.nudging {
+            Nudging::RandomSign if rng.random_bool(0.5) => -s.beta,
+            _ => s.beta,
+        };
+        if s.task == crate::config::Task::Bandit {
+            return self.train_bandit(data, indices, rng, beta);
+        }
+        self.free_phase(data, indices, true);
+        self.keep_particles(indices);
+        self.nudge_and_learn(beta, indices.len());
         self.blocks.iter().fold(Stats::default(), |acc, b| Stats {
             examples: acc.examples + b.rows,
             errors: acc.errors + b.errors,
             cost: acc.cost + b.cost,
         })
+    }
+
+    fn start_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    fn take_mean_reward(&mut self) -> Option<f64> {
+        let (sum, n) = std::mem::take(&mut self.rewards);
+        (self.settings.task == crate::config::Task::Bandit && n > 0).then(|| sum / n as f64)
     }
 
     fn evaluate(&mut self, data: &Dataset) -> Stats {

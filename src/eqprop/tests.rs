@@ -63,7 +63,8 @@ fn dynamics_descend_the_energy_and_reach_a_fixed_point() {
             let mut states = block.free.clone();
             let mut drives = block.drives.clone();
             let target = block.target.clone();
-            let nudge = (beta != 0.0).then_some((beta, &target));
+            let mask = block.nudge_mask.clone();
+            let nudge = (beta != 0.0).then_some((beta, &target, &mask));
             let mut f = total_f(&net, &block, &states, beta);
             for t in 0..60 {
                 step(
@@ -131,7 +132,7 @@ fn one_step_is_a_projected_gradient_step_of_f() {
         &mut drives,
         3,
         eps,
-        Some((beta, &block.target)),
+        Some((beta, &block.target, &block.nudge_mask)),
     );
     let h = 1e-3f32;
     for k in 0..block.free.len() {
@@ -318,7 +319,8 @@ fn even_odd_descends_monotonically_and_finds_the_synchronous_fixed_point() {
         for beta in [0.0f32, 0.9, -0.9] {
             let (net, block) = setup(4, 40 + seed);
             let target = block.target.clone();
-            let nudge = (beta != 0.0).then_some((beta, &target));
+            let mask = block.nudge_mask.clone();
+            let nudge = (beta != 0.0).then_some((beta, &target, &mask));
             let (mut states, mut drives) = (block.free.clone(), block.drives.clone());
             let mut f = total_f(&net, &block, &states, beta);
             for t in 0..60 {
@@ -344,7 +346,8 @@ fn even_odd_descends_monotonically_and_finds_the_synchronous_fixed_point() {
             let mut block = block;
             block.compute_input_drive(&net);
             let target = block.target.clone();
-            let nudge = (beta != 0.0).then_some((beta, &target));
+            let mask = block.nudge_mask.clone();
+            let nudge = (beta != 0.0).then_some((beta, &target, &mask));
             let mut drives = block.drives.clone();
             let mut even_odd = block.free.clone();
             let mut f = total_f(&net, &block, &even_odd, beta);
@@ -413,4 +416,93 @@ fn a_tolerance_stops_the_free_phase_early_and_only_it() {
             "the nudged phase must not touch the free count"
         );
     }
+}
+
+/// A small bandit learner and 40 random "images" (labels set by the caller).
+fn bandit_setup(explore: f32) -> (crate::config::Config, crate::data::Dataset) {
+    let cfg = crate::config::Config {
+        layers: vec![16, 12, 10],
+        learning_rates: vec![0.2, 0.1],
+        threads: 2,
+        batch_size: 20,
+        explore: vec![explore, explore],
+        ..crate::config::preset("eqprop-mnist-bandit").unwrap()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let images = Matrix::from_vec(
+        40,
+        16,
+        (0..640).map(|_| rng.random_range(0.0..1.0)).collect(),
+    );
+    let labels = (0..40).map(|i| (i % 10) as u8).collect();
+    (cfg, crate::data::Dataset { images, labels })
+}
+
+/// The label reaches only the environment: with the same images and seed, the
+/// learner takes the same actions (and relaxes to the same states) whatever
+/// the labels are; only the rewards, and so the updates, differ.
+#[test]
+fn the_bandit_learner_never_sees_the_label() {
+    use crate::train::Learner;
+    let (cfg, data) = bandit_setup(0.3);
+    let mut other = data.clone();
+    other.labels.iter_mut().for_each(|l| *l = (*l + 3) % 10);
+    let idx: Vec<usize> = (0..20).collect();
+    let run = |d: &crate::data::Dataset| {
+        let mut l = super::EqProp::new(&cfg, [40, 0, 0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        l.train_batch(d, &idx, &mut rng);
+        let free: Vec<Vec<f32>> = l.blocks.iter().map(|b| b.free[1].data.clone()).collect();
+        (l.last_actions.clone(), free, l.net.weights[1].data.clone())
+    };
+    let (a, fa, wa) = run(&data);
+    let (b, fb, wb) = run(&other);
+    assert_eq!(a, b, "actions depend on the labels");
+    assert_eq!(fa, fb, "free states depend on the labels");
+    assert_ne!(wa, wb, "the rewards, and so the updates, should differ");
+}
+
+/// With the chosen action equal to the true class (reward 1), the bandit's
+/// update is supervised EP's with the cost restricted to that output unit.
+#[test]
+fn a_rewarded_true_action_gives_supervised_eps_update_on_that_unit() {
+    use crate::train::Learner;
+    let (cfg, mut data) = bandit_setup(0.0);
+    let idx: Vec<usize> = (0..20).collect();
+    // Greedy actions of the fresh net; make them the labels, so every reward is 1.
+    let mut probe = super::EqProp::new(&cfg, [40, 0, 0]);
+    probe.train_batch(&data, &idx, &mut ChaCha8Rng::seed_from_u64(4));
+    for (&e, &a) in idx.iter().zip(&probe.last_actions) {
+        data.labels[e] = a as u8;
+    }
+    let mut bandit = super::EqProp::new(&cfg, [40, 0, 0]);
+    let stats = bandit.train_batch(&data, &idx, &mut ChaCha8Rng::seed_from_u64(4));
+    assert_eq!(stats.errors, 0);
+    // Supervised, by hand: label targets, the nudge only on the label's unit.
+    let sup_cfg = crate::config::Config {
+        task: crate::config::Task::Supervised,
+        ..cfg.clone()
+    };
+    let mut sup = super::EqProp::new(&sup_cfg, [40, 0, 0]);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let beta = if rng.random_bool(0.5) {
+        -cfg.beta
+    } else {
+        cfg.beta
+    };
+    sup.free_phase(&data, &idx, true);
+    for b in &mut sup.blocks {
+        for i in 0..b.rows {
+            let m = b.nudge_mask.row_mut(i);
+            m.fill(0.0);
+            m[b.labels[i] as usize] = 1.0;
+        }
+    }
+    sup.keep_particles(&idx);
+    sup.nudge_and_learn(beta, idx.len());
+    assert_eq!(bandit.net, sup.net);
+    // And the restriction matters: the full supervised update differs.
+    let mut full = super::EqProp::new(&sup_cfg, [40, 0, 0]);
+    full.train_batch(&data, &idx, &mut ChaCha8Rng::seed_from_u64(4));
+    assert_ne!(bandit.net, full.net);
 }

@@ -14,8 +14,10 @@ pub fn clip01(v: f32) -> f32 {
 ///
 /// `s` and `drive` are `rows x n`, row-major. `offset` is either one row of `n`
 /// (the bias, `offset_stride == 0`) or a `rows x n` matrix (the input drive
-/// plus bias, `offset_stride == n`). `nudge` is `(beta, target)` with `target`
-/// `rows x n`. Returns max |s_new - s_old| over the block.
+/// plus bias, `offset_stride == n`). `nudge` is `(beta, target, mask)`, both
+/// `rows x n`: the nudge of unit j is `beta mask_j (d_j - s_j)` (mask 1 for a
+/// supervised output, one-hot at the chosen action for a bandit). Returns
+/// max |s_new - s_old| over the block.
 ///
 /// Compiled for AVX-512, AVX2 and the baseline, picked at run time. There is
 /// no FMA contraction and the max is exact, so every path gives the same bits.
@@ -26,7 +28,7 @@ pub fn relax_layer(
     offset_stride: usize,
     n: usize,
     eps: f32,
-    nudge: Option<(f32, &[f32])>,
+    nudge: Option<(f32, &[f32], &[f32])>,
 ) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -51,7 +53,7 @@ unsafe fn relax_avx512(
     offset_stride: usize,
     n: usize,
     eps: f32,
-    nudge: Option<(f32, &[f32])>,
+    nudge: Option<(f32, &[f32], &[f32])>,
 ) -> f32 {
     relax_generic(s, drive, offset, offset_stride, n, eps, nudge)
 }
@@ -65,7 +67,7 @@ unsafe fn relax_avx2(
     offset_stride: usize,
     n: usize,
     eps: f32,
-    nudge: Option<(f32, &[f32])>,
+    nudge: Option<(f32, &[f32], &[f32])>,
 ) -> f32 {
     relax_generic(s, drive, offset, offset_stride, n, eps, nudge)
 }
@@ -81,7 +83,7 @@ fn relax_generic(
     offset_stride: usize,
     n: usize,
     eps: f32,
-    nudge: Option<(f32, &[f32])>,
+    nudge: Option<(f32, &[f32], &[f32])>,
 ) -> f32 {
     let rows = s.len() / n;
     let keep = 1.0 - eps;
@@ -124,12 +126,14 @@ fn relax_generic(
                     *sv = new;
                 }
             }
-            Some((beta, target)) => {
+            Some((beta, target, mask)) => {
                 let tr = &target[r * n..(r + 1) * n];
-                for (l, (((sv, &dv), &ov), &tv)) in
-                    sr.iter_mut().zip(dr).zip(or).zip(tr).enumerate()
+                let mr = &mask[r * n..(r + 1) * n];
+                for (l, ((((sv, &dv), &ov), &tv), &mv)) in
+                    sr.iter_mut().zip(dr).zip(or).zip(tr).zip(mr).enumerate()
                 {
-                    let new = clip01(keep * *sv + eps * (dv + ov + beta * (tv - *sv)));
+                    // beta * 1.0 is beta exactly: a full mask changes no bit.
+                    let new = clip01(keep * *sv + eps * (dv + ov + beta * mv * (tv - *sv)));
                     max[l % LANES] = lane_max(max[l % LANES], (new - *sv).abs());
                     *sv = new;
                 }
@@ -189,14 +193,14 @@ mod tests {
         stride: usize,
         n: usize,
         eps: f32,
-        nudge: Option<(f32, &[f32])>,
+        nudge: Option<(f32, &[f32], &[f32])>,
     ) -> Vec<f32> {
         let mut out = s.to_vec();
         for i in 0..s.len() {
             let (r, j) = (i / n, i % n);
             let mut grad = s[i] - drive[i] - offset[r * stride + j]; // dE/ds
-            if let Some((beta, t)) = nudge {
-                grad += beta * (s[i] - t[i]); // d(beta C)/ds
+            if let Some((beta, t, m)) = nudge {
+                grad += beta * m[i] * (s[i] - t[i]); // d(beta C)/ds, C over the masked units
             }
             out[i] = (s[i] - eps * grad).clamp(0.0, 1.0);
         }
@@ -207,7 +211,7 @@ mod tests {
         #[test]
         fn relax_layer_matches_gradient_step(
             rows in 1usize..6, n in 1usize..20, eps in 0.05f32..1.0, beta in -2.0f32..2.0,
-            per_row in any::<bool>(), nudged in any::<bool>(),
+            per_row in any::<bool>(), nudged in any::<bool>(), full_mask in any::<bool>(),
             vals in proptest::collection::vec(-2.0f32..2.0, 4 * 6 * 20),
         ) {
             let m = rows * n;
@@ -216,7 +220,9 @@ mod tests {
             let stride = if per_row { n } else { 0 };
             let offset = &vals[2 * m..2 * m + if per_row { m } else { n }];
             let target: Vec<f32> = vals[3 * m..4 * m].iter().map(|v| (*v > 0.0) as u8 as f32).collect();
-            let nudge = if nudged { Some((beta, &target[..])) } else { None };
+            // A mask of ones (supervised) or zeros and ones (bandit).
+            let mask: Vec<f32> = vals[..m].iter().map(|v| if full_mask || *v > 0.5 { 1.0 } else { 0.0 }).collect();
+            let nudge = if nudged { Some((beta, &target[..], &mask[..])) } else { None };
             let want = reference_relax(&s, drive, offset, stride, n, eps, nudge);
             let mut got = s.clone();
             let change = relax_layer(&mut got, drive, offset, stride, n, eps, nudge);

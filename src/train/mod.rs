@@ -83,6 +83,12 @@ pub trait Learner {
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         Vec::new()
     }
+    /// Called before each epoch's first batch (1-based), for schedules.
+    fn start_epoch(&mut self, _epoch: usize) {}
+    /// For reward-driven learners: mean reward per example since the last call.
+    fn take_mean_reward(&mut self) -> Option<f64> {
+        None
+    }
     /// Brings the parameters and run state to the host (learners that keep
     /// them on a device), before checkpoints; reports a device failure.
     fn sync_host(&mut self) -> Result<()> {
@@ -131,6 +137,9 @@ pub struct EpochMetrics {
     /// Mean free-phase steps per training example in the epoch.
     #[serde(default)]
     pub free_steps_mean: Option<f64>,
+    /// Bandit: mean reward per training example in the epoch (exploration included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_reward: Option<f64>,
     /// Training and evaluation together.
     pub epoch_seconds: f64,
     pub train_seconds: f64,
@@ -335,6 +344,7 @@ fn run_epochs(
             order.shuffle(&mut rng);
         }
         progress.epoch_start(epoch, n);
+        learner.start_epoch(epoch);
         let t0 = Instant::now();
         let mut train = Stats::default();
         for batch in order.chunks(cfg.batch_size) {
@@ -382,6 +392,7 @@ fn run_epochs(
             test_error_warm: test_warm.map(|s| s.error_rate()),
             free_phase_residual: learner.free_phase_residual(),
             free_steps_mean,
+            mean_reward: learner.take_mean_reward(),
             epoch_seconds: t0.elapsed().as_secs_f64(),
             train_seconds,
             examples_per_second: n as f64 / train_seconds,

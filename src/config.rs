@@ -27,6 +27,9 @@ pub enum Algorithm {
     /// A feed-forward net of the same layers and units, trained by backprop and SGD
     /// (uses layers, learning_rates, epochs, batch_size, seed, shuffle).
     Backprop,
+    /// Bandit baseline: stochastic units, the three-factor node-perturbation rule
+    /// (uses layers, learning_rates, noise, epochs, batch_size, seed).
+    NodePerturbation,
 }
 
 /// How EP's states move during a phase.
@@ -66,6 +69,10 @@ pub enum Task {
     Bandit,
 }
 
+fn default_noise() -> f32 {
+    0.1
+}
+
 fn default_explore() -> Vec<f32> {
     vec![0.2, 0.01]
 }
@@ -103,6 +110,9 @@ pub struct Config {
     pub nudging: Nudging,
     #[serde(default)]
     pub task: Task,
+    /// Node perturbation: std of the noise added to every unit.
+    #[serde(default = "default_noise")]
+    pub noise: f32,
     /// Bandit only: epsilon of epsilon-greedy exploration in the first and the
     /// last epoch (linear in between).
     #[serde(default = "default_explore")]
@@ -147,7 +157,7 @@ pub struct Config {
 }
 
 /// Names of the presets, in the order `plasticity presets` lists them.
-pub const PRESETS: [&str; 7] = [
+pub const PRESETS: [&str; 9] = [
     "eqprop-mnist-1h",
     "eqprop-mnist-2h",
     "eqprop-mnist-3h",
@@ -155,6 +165,8 @@ pub const PRESETS: [&str; 7] = [
     "backprop-mnist-1h",
     "backprop-mnist-2h",
     "backprop-mnist-3h",
+    "backprop-mnist-bandit",
+    "node-perturbation-mnist-bandit",
 ];
 
 /// SGD rate of the backprop baselines (all layers): the best of 0.05, 0.1, 0.2
@@ -191,6 +203,7 @@ pub fn preset(name: &str) -> Result<Config> {
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
         task: Task::Supervised,
+        noise: default_noise(),
         explore: default_explore(),
         relaxation: Relaxation::Synchronous,
         tolerance: 0.0,
@@ -231,6 +244,22 @@ pub fn preset(name: &str) -> Result<Config> {
             preset: name.to_string(),
             task: Task::Bandit,
             ..preset("eqprop-mnist-1h")?
+        }),
+        // Backprop on the same bandit: the upper bound for a learner that sees only rewards.
+        "backprop-mnist-bandit" => Ok(Config {
+            preset: name.to_string(),
+            task: Task::Bandit,
+            ..preset("backprop-mnist-1h")?
+        }),
+        // The classic three-factor rule on the same bandit.
+        "node-perturbation-mnist-bandit" => Ok(Config {
+            preset: name.to_string(),
+            algorithm: Algorithm::NodePerturbation,
+            // The best of 1e-4, 3e-4, 1e-3 and 3e-3 (results/bandit/COMMAND).
+            learning_rates: vec![1e-4, 1e-4],
+            persistent_particles: false,
+            eval_warm: false,
+            ..preset("eqprop-mnist-bandit")?
         }),
         // The baselines: EP's architecture and epochs, SGD on the same cost.
         "backprop-mnist-1h" | "backprop-mnist-2h" | "backprop-mnist-3h" => {

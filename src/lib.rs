@@ -16,6 +16,7 @@ pub mod data;
 pub mod eqprop;
 pub mod error;
 pub mod gradcheck;
+pub mod node_perturbation;
 pub mod plot;
 pub mod spiking;
 pub mod tensor;

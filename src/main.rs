@@ -107,10 +107,14 @@ enum Command {
         #[arg(long, default_value = "results/gdu")]
         out: PathBuf,
     },
-    /// Redraw a run's learning_curve.png from its metrics.jsonl.
+    /// Redraw runs' learning_curve.png from their metrics.jsonl.
+    /// With --out: overlays several runs (test error and, for bandits, mean reward per
+    /// epoch) into OUT.png and OUT_reward.png and prints their last epochs as a table.
     Plot {
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
         #[arg(long)]
-        run: PathBuf,
+        out: Option<PathBuf>,
     },
     /// List the presets and their hyperparameters.
     Presets,
@@ -231,7 +235,11 @@ fn main() -> ExitCode {
             beta,
             out,
         }) => gdu_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
-        Some(Command::Plot { run }) => train::replot(&run),
+        Some(Command::Plot { run, out: None }) => run.iter().try_for_each(|r| train::replot(r)),
+        Some(Command::Plot {
+            run,
+            out: Some(out),
+        }) => train::overlay(&run, &out).map(|table| print!("{table}")),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,

@@ -24,6 +24,8 @@ struct Work {
     /// `delta[k]` is dC/da_k for k >= 1 (index 0 unused).
     delta: Vec<Matrix>,
     target: Matrix,
+    /// Which outputs the cost covers: all (supervised) or the chosen action (bandit).
+    mask: Matrix,
 }
 
 impl Work {
@@ -34,6 +36,11 @@ impl Work {
             pre: mats(),
             delta: mats(),
             target: Matrix::zeros(cap, *sizes.last().unwrap()),
+            mask: Matrix::from_vec(
+                cap,
+                *sizes.last().unwrap(),
+                vec![1.0; cap * sizes.last().unwrap()],
+            ),
         }
     }
 }
@@ -45,6 +52,10 @@ pub struct Backprop {
     pub learning_rates: Vec<f32>,
     train: Work,
     eval: Work,
+    /// Bandit: exploration schedule, epochs, the current epoch, rewards since last asked.
+    bandit: Option<(Vec<f32>, usize)>,
+    epoch: usize,
+    rewards: (f64, usize),
 }
 
 fn rho_prime(a: f32) -> f32 {
@@ -59,7 +70,44 @@ impl Backprop {
             eval: Work::new(&net.sizes, cfg.eval_block),
             net,
             learning_rates: cfg.learning_rates.clone(),
+            bandit: (cfg.task == crate::config::Task::Bandit)
+                .then(|| (cfg.explore.clone(), cfg.epochs)),
+            epoch: 1,
+            rewards: (0.0, 0),
         }
+    }
+
+    /// Bandit: replaces the batch's targets by the reward of an epsilon-greedy
+    /// action on the outputs (the cost then covers that output alone); returns
+    /// (greedy errors, cost of the chosen outputs) as the environment sees them.
+    fn reward_targets(
+        &mut self,
+        data: &Dataset,
+        idx: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> (usize, f64) {
+        let (explore, epochs) = self.bandit.as_ref().expect("a bandit learner");
+        let eps = crate::bandit::epsilon(explore, self.epoch, *epochs);
+        let env = crate::bandit::Environment::new(&data.labels);
+        let w = &mut self.train;
+        let depth = self.net.weights.len();
+        let n = self.net.sizes[depth];
+        let (mut errors, mut cost) = (0, 0.0);
+        for (i, &e) in idx.iter().enumerate() {
+            let predicted = &w.acts[depth].data[i * n..(i + 1) * n];
+            let (greedy, action) = crate::bandit::choose(predicted, eps, rng);
+            let r = env.reward(e, action);
+            errors += (env.reward(e, greedy) == 0.0) as usize;
+            cost += 0.5 * ((predicted[action] - r) as f64).powi(2);
+            self.rewards.0 += r as f64;
+            self.rewards.1 += 1;
+            let (t, m) = (w.target.row_mut(i), w.mask.row_mut(i));
+            t.fill(0.0);
+            m.fill(0.0);
+            t[action] = r;
+            m[action] = 1.0;
+        }
+        (errors, cost)
     }
 
     /// Loads examples into `w` and runs the forward pass; returns (errors, cost).
@@ -150,13 +198,16 @@ impl Backprop {
             let out = &w.acts[depth].data[..rows * n_out];
             let pre = &w.pre[depth].data[..rows * n_out];
             let t = &w.target.data[..rows * n_out];
-            for (((d, &h), &a), &y) in w.delta[depth].data[..rows * n_out]
+            let m = &w.mask.data[..rows * n_out];
+            for ((((d, &h), &a), &y), &mv) in w.delta[depth].data[..rows * n_out]
                 .iter_mut()
                 .zip(out)
                 .zip(pre)
                 .zip(t)
+                .zip(m)
             {
-                *d = (h - y) * rho_prime(a);
+                // (h - y) * 1.0 is exact: a full mask changes no bit.
+                *d = (h - y) * mv * rho_prime(a);
             }
         }
         for k in (1..depth).rev() {
@@ -183,10 +234,13 @@ impl Backprop {
 }
 
 impl Learner for Backprop {
-    fn train_batch(&mut self, data: &Dataset, indices: &[usize], _rng: &mut ChaCha8Rng) -> Stats {
+    fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats {
         let rows = indices.len();
-        let (examples, errors, cost) =
+        let (examples, mut errors, mut cost) =
             Self::forward(&self.net, &mut self.train, data, indices.iter().copied());
+        if self.bandit.is_some() {
+            (errors, cost) = self.reward_targets(data, indices, rng);
+        }
         self.backward(rows);
         let w = &self.train;
         for k in 0..self.net.weights.len() {
@@ -215,6 +269,15 @@ impl Learner for Backprop {
             errors,
             cost,
         }
+    }
+
+    fn start_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    fn take_mean_reward(&mut self) -> Option<f64> {
+        let (sum, n) = std::mem::take(&mut self.rewards);
+        (self.bandit.is_some() && n > 0).then(|| sum / n as f64)
     }
 
     fn evaluate(&mut self, data: &Dataset) -> Stats {

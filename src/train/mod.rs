@@ -216,6 +216,9 @@ pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Result<Box<dyn Learner
     Ok(match (cfg.algorithm, cfg.device) {
         (Algorithm::Eqprop, Device::Cpu) => Box::new(EqProp::new(cfg, counts)),
         (Algorithm::Backprop, Device::Cpu) => Box::new(crate::backprop::Backprop::new(cfg)),
+        (Algorithm::NodePerturbation, Device::Cpu) => {
+            Box::new(crate::node_perturbation::NodePerturbation::new(cfg))
+        }
         #[cfg(feature = "cuda")]
         (Algorithm::Eqprop, Device::Cuda) => Box::new(crate::cuda::CudaEqProp::new(cfg, counts)?),
         #[cfg(not(feature = "cuda"))]
@@ -226,9 +229,9 @@ pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Result<Box<dyn Learner
                     .into(),
             ));
         }
-        (Algorithm::Backprop, Device::Cuda) => {
+        (Algorithm::Backprop | Algorithm::NodePerturbation, Device::Cuda) => {
             return Err(Error::Config(
-                "the backprop baseline runs on the CPU only; use --device cpu".into(),
+                "the baselines run on the CPU only; use --device cpu".into(),
             ));
         }
     })
@@ -476,16 +479,85 @@ pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(
     })
 }
 
-/// Redraws a run directory's learning curve from its metrics.jsonl.
-pub fn replot(dir: &Path) -> Result<()> {
-    let cfg = read_run_config(dir)?;
+/// Several runs on one chart: test error per epoch into `out` (PNG) and, where
+/// runs report it, mean reward per epoch into `out` with `_reward` added.
+/// Returns a table of their last epochs.
+pub fn overlay(dirs: &[PathBuf], out: &Path) -> Result<String> {
+    use crate::plot::{PALETTE, Series, line_chart, linear_chart};
+    let runs: Vec<(String, Vec<EpochMetrics>)> = dirs
+        .iter()
+        .map(|d| Ok((read_run_config(d)?.preset, read_metrics(d)?)))
+        .collect::<Result<_>>()?;
+    let mut table = format!(
+        "{:<32} {:>6} {:>8} {:>8} {:>8} {:>8}\n",
+        "run", "epochs", "train", "val", "test", "reward"
+    );
+    for (name, h) in &runs {
+        if let Some(m) = h.last() {
+            let reward = m.mean_reward.map_or("-".into(), |r| format!("{r:.4}"));
+            table += &format!(
+                "{:<32} {:>6} {:>7.2}% {:>7.2}% {:>7.2}% {:>8}\n",
+                name,
+                m.epoch,
+                100.0 * m.train_error,
+                100.0 * m.val_error,
+                100.0 * m.test_error,
+                reward
+            );
+        }
+    }
+    let series = |pick: fn(&EpochMetrics) -> Option<f64>| -> Vec<Series<'_>> {
+        runs.iter()
+            .enumerate()
+            .filter(|(_, (_, h))| h.iter().any(|m| pick(m).is_some()))
+            .map(|(i, (name, h))| Series {
+                name,
+                points: h
+                    .iter()
+                    .filter_map(|m| pick(m).map(|v| (m.epoch as f64, v)))
+                    .collect(),
+                color: PALETTE[i % PALETTE.len()],
+            })
+            .collect()
+    };
+    line_chart(
+        out,
+        "test error per epoch",
+        "epoch",
+        "test error",
+        &series(|m| Some(m.test_error)),
+    )?;
+    let rewards = series(|m| m.mean_reward);
+    if !rewards.is_empty() {
+        let stem = out
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("overlay");
+        let path = out.with_file_name(format!("{stem}_reward.png"));
+        linear_chart(
+            &path,
+            "mean reward per epoch (training, exploration included)",
+            "epoch",
+            "mean reward",
+            &rewards,
+        )?;
+    }
+    Ok(table)
+}
+
+fn read_metrics(dir: &Path) -> Result<Vec<EpochMetrics>> {
     let path = dir.join(METRICS_FILE);
     let text =
         std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read metrics", &path, e))?;
-    let history = text
-        .lines()
+    text.lines()
         .map(serde_json::from_str)
         .collect::<std::result::Result<Vec<EpochMetrics>, _>>()
-        .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
+        .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))
+}
+
+/// Redraws a run directory's learning curve from its metrics.jsonl.
+pub fn replot(dir: &Path) -> Result<()> {
+    let cfg = read_run_config(dir)?;
+    let history = read_metrics(dir)?;
     crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, &history)
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gradcheck;
 pub mod node_perturbation;
 pub mod plot;
+pub mod rl;
 pub mod spiking;
 pub mod tensor;
 pub mod train;

@@ -1,0 +1,3 @@
+//! Reward-driven learning on control tasks.
+
+pub mod cartpole;

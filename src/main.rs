@@ -42,6 +42,10 @@ enum Command {
         /// Worker threads (default: the run's).
         #[arg(long)]
         threads: Option<usize>,
+        /// Free-phase steps from rest (default: the run's free_steps), e.g. to see
+        /// whether a net trained from persistent particles needs more.
+        #[arg(long)]
+        free_steps: Option<usize>,
     },
     /// Train one preset under several relaxation/nudging schemes with the same seed;
     /// writes a CSV and plots of validation error per epoch and per second.
@@ -211,7 +215,8 @@ fn main() -> ExitCode {
             run,
             split,
             threads,
-        }) => eval_cmd(&run, &split, threads),
+            free_steps,
+        }) => eval_cmd(&run, &split, threads, free_steps),
         Some(Command::Compare { train, schemes }) => compare_cmd(train, &schemes),
         Some(Command::Gradcheck {
             preset,
@@ -448,12 +453,18 @@ impl Progress for Bar {
     }
 }
 
-fn eval_cmd(run: &std::path::Path, split: &str, threads: Option<usize>) -> Result<()> {
-    let (stats, epoch) = train::evaluate_run(run, split, threads)?;
+fn eval_cmd(
+    run: &std::path::Path,
+    split: &str,
+    threads: Option<usize>,
+    free_steps: Option<usize>,
+) -> Result<()> {
+    let (stats, epoch, steps) = train::evaluate_run(run, split, threads, free_steps)?;
     let out = serde_json::json!({
         "run": run.display().to_string(),
         "split": split,
         "epoch": epoch,
+        "free_steps": steps,
         "examples": stats.examples,
         "error": stats.error_rate(),
         "cost": stats.mean_cost(),

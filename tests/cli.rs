@@ -179,6 +179,27 @@ fn eval_scores_a_checkpoint_as_training_did() {
             "eval of {split} must match training's"
         );
     }
+    // --free-steps: the run's own count scores as training did; another is reported.
+    for steps in [20, 60] {
+        let out = plasticity()
+            .args([
+                "eval",
+                "--split",
+                "val",
+                "--free-steps",
+                &steps.to_string(),
+                "--run",
+            ])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["free_steps"], steps);
+        if steps == 20 {
+            assert_eq!(v["error"], trained["val_error"]);
+        }
+    }
 }
 
 #[test]

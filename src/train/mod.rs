@@ -439,10 +439,23 @@ fn save_epoch(
 }
 
 /// Evaluates the checkpoint in run directory `dir` on one split.
-pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(Stats, usize)> {
+/// `free_steps` overrides the run's free-phase length; returns the stats, the
+/// checkpoint's epoch and the free steps used.
+pub fn evaluate_run(
+    dir: &Path,
+    split: &str,
+    threads: Option<usize>,
+    free_steps: Option<usize>,
+) -> Result<(Stats, usize, usize)> {
     let mut cfg = read_run_config(dir)?;
     if let Some(t) = threads {
         cfg.threads = t;
+    }
+    if let Some(n) = free_steps {
+        if n == 0 {
+            return Err(Error::Config("--free-steps must be at least 1".into()));
+        }
+        cfg.free_steps = n;
     }
     let splits = load_data(&Config {
         eval_limit: 0,
@@ -475,7 +488,7 @@ pub fn evaluate_run(dir: &Path, split: &str, threads: Option<usize>) -> Result<(
             [0, 0, 0],
         )?;
         ckpt.restore(learner.parameters_mut())?;
-        Ok((learner.evaluate(data), epoch))
+        Ok((learner.evaluate(data), epoch, cfg.free_steps))
     })
 }
 

@@ -49,6 +49,42 @@ pub fn choose(predicted: &[f32], epsilon: f32, rng: &mut impl rand::Rng) -> (usi
     (greedy, action)
 }
 
+/// What one bandit step did for one example.
+pub struct Outcome {
+    pub action: usize,
+    pub reward: f32,
+    /// The greedy action earns nothing (the error the environment sees).
+    pub greedy_wrong: bool,
+    /// 1/2 (s_a - r)^2 of the action taken.
+    pub cost: f64,
+}
+
+/// One example's step: choose an action from the `predicted` rewards, get its
+/// reward from `env`, and set the nudge of this example's output row: toward
+/// the reward on the chosen unit (`target`), on that unit alone (`mask`).
+pub fn act(
+    env: &Environment,
+    example: usize,
+    predicted: &[f32],
+    epsilon: f32,
+    rng: &mut impl rand::Rng,
+    target: &mut [f32],
+    mask: &mut [f32],
+) -> Outcome {
+    let (greedy, action) = choose(predicted, epsilon, rng);
+    let reward = env.reward(example, action);
+    target.fill(0.0);
+    mask.fill(0.0);
+    target[action] = reward;
+    mask[action] = 1.0;
+    Outcome {
+        action,
+        reward,
+        greedy_wrong: env.reward(example, greedy) == 0.0,
+        cost: 0.5 * ((predicted[action] - reward) as f64).powi(2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

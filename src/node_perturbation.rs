@@ -191,10 +191,6 @@ impl Learner for NodePerturbation {
         crate::backprop::network_tensors_mut(&mut self.net)
     }
 
-    fn run_state(&self) -> Vec<NamedTensor<'_>> {
-        Vec::new()
-    }
-
     fn check_finite(&self, epoch: usize) -> Result<()> {
         self.net.check_finite(epoch)
     }

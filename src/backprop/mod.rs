@@ -95,17 +95,12 @@ impl Backprop {
         let (mut errors, mut cost) = (0, 0.0);
         for (i, &e) in idx.iter().enumerate() {
             let predicted = &w.acts[depth].data[i * n..(i + 1) * n];
-            let (greedy, action) = crate::bandit::choose(predicted, eps, rng);
-            let r = env.reward(e, action);
-            errors += (env.reward(e, greedy) == 0.0) as usize;
-            cost += 0.5 * ((predicted[action] - r) as f64).powi(2);
-            self.rewards.0 += r as f64;
-            self.rewards.1 += 1;
             let (t, m) = (w.target.row_mut(i), w.mask.row_mut(i));
-            t.fill(0.0);
-            m.fill(0.0);
-            t[action] = r;
-            m[action] = 1.0;
+            let o = crate::bandit::act(&env, e, predicted, eps, rng, t, m);
+            errors += o.greedy_wrong as usize;
+            cost += o.cost;
+            self.rewards.0 += o.reward as f64;
+            self.rewards.1 += 1;
         }
         (errors, cost)
     }

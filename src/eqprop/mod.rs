@@ -418,18 +418,13 @@ impl EqProp {
             for i in 0..b.rows {
                 let e = indices[r0 + i];
                 let predicted = &out.data[i * n..(i + 1) * n];
-                let (greedy, action) = crate::bandit::choose(predicted, eps, rng);
-                let r = env.reward(e, action);
-                stats.errors += (env.reward(e, greedy) == 0.0) as usize;
-                stats.cost += 0.5 * ((predicted[action] - r) as f64).powi(2);
-                self.rewards.0 += r as f64;
-                self.rewards.1 += 1;
                 let (t, m) = (b.target.row_mut(i), b.nudge_mask.row_mut(i));
-                t.fill(0.0);
-                m.fill(0.0);
-                t[action] = r;
-                m[action] = 1.0;
-                self.last_actions.push(action);
+                let o = crate::bandit::act(&env, e, predicted, eps, rng, t, m);
+                stats.errors += o.greedy_wrong as usize;
+                stats.cost += o.cost;
+                self.rewards.0 += o.reward as f64;
+                self.rewards.1 += 1;
+                self.last_actions.push(o.action);
             }
             stats.examples += b.rows;
         }

@@ -30,6 +30,26 @@ pub enum Algorithm {
     /// Bandit baseline: stochastic units, the three-factor node-perturbation rule
     /// (uses layers, learning_rates, noise, epochs, batch_size, seed).
     NodePerturbation,
+    /// The generative model of Bengio et al. (arXiv 1502.04156): layer pairs
+    /// trained as denoising auto-encoders, inference by neural dynamics (see
+    /// `generative`; uses layers, learning_rates, epochs, batch_size, seed and
+    /// the generative keys).
+    Generative,
+}
+
+/// How the generative model's encoder f_k and decoder g_k learn (M-step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairTraining {
+    /// Each layer pair as an ordinary denoising auto-encoder: the pair's
+    /// reconstruction error reaches its encoder through its own decoder, never
+    /// another pair (the working model, DESIGN §7).
+    #[default]
+    Dae,
+    /// Strictly local, as the paper's algorithm reads: the decoder fits
+    /// g_k(corrupt(h_k)) to h_{k-1}, the encoder fits f_k(corrupt(h_{k-1})) to
+    /// h_k, at the states that inference found; no gradient crosses a map.
+    Local,
 }
 
 /// How EP's states move during a phase.
@@ -154,10 +174,42 @@ pub struct Config {
     pub eval_limit: usize,
     /// Directory with the four IDX files ("" = the MNIST that ships in data/mnist).
     pub data: String,
+    /// Generative model only (absent otherwise): per layer pair, the std of the
+    /// Gaussian corruption of its input, relative to that layer's RMS over the
+    /// batch (relative, so that larger codes earn nothing from the noise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corruption: Option<Vec<f32>>,
+    /// Generative: Bernoulli samples averaged to corrupt the sigmoid top code
+    /// before its decoder ("spike-like" noise; 0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_samples: Option<usize>,
+    /// Generative: iterations N of INFERENCE in training (0 = feed-forward codes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_steps: Option<usize>,
+    /// Generative: step size delta of the target-propagation term of INFERENCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_rate: Option<f32>,
+    /// Generative: weight alpha of the top-down term g_{k+1}(h_{k+1}) - h_k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_down: Option<f32>,
+    /// Generative: how the layer pairs learn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_training: Option<PairTraining>,
+}
+
+/// The generative model's settings, resolved (see the keys of [`Config`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerativeSettings {
+    pub corruption: Vec<f32>,
+    pub spike_samples: usize,
+    pub inference_steps: usize,
+    pub inference_rate: f32,
+    pub top_down: f32,
+    pub pair_training: PairTraining,
 }
 
 /// Names of the presets, in the order `plasticity presets` lists them.
-pub const PRESETS: [&str; 9] = [
+pub const PRESETS: [&str; 11] = [
     "eqprop-mnist-1h",
     "eqprop-mnist-2h",
     "eqprop-mnist-3h",
@@ -167,6 +219,8 @@ pub const PRESETS: [&str; 9] = [
     "backprop-mnist-3h",
     "backprop-mnist-bandit",
     "node-perturbation-mnist-bandit",
+    "generative-mnist-2h",
+    "generative-mnist-1h",
 ];
 
 /// SGD rate of the backprop baselines (all layers): the best of 0.05, 0.1, 0.2
@@ -220,6 +274,12 @@ pub fn preset(name: &str) -> Result<Config> {
         limit: 0,
         eval_limit: 0,
         data: String::new(),
+        corruption: None,
+        spike_samples: None,
+        inference_steps: None,
+        inference_rate: None,
+        top_down: None,
+        pair_training: None,
     };
     match name {
         "eqprop-mnist-1h" => Ok(base(vec![784, 500, 10], 20, 4, 1.0, vec![0.2, 0.1], 25)),
@@ -260,6 +320,34 @@ pub fn preset(name: &str) -> Result<Config> {
             persistent_particles: false,
             eval_warm: false,
             ..preset("eqprop-mnist-bandit")?
+        }),
+        // The paper's generative model (DESIGN §7): 784-1000 softplus-100 sigmoid,
+        // INFERENCE with N = 15, delta = 0.1, alpha = 0.001, minibatch 100,
+        // 20 epochs. Adam rates and corruption levels are ours (the paper gives none).
+        "generative-mnist-2h" => Ok(Config {
+            preset: name.to_string(),
+            algorithm: Algorithm::Generative,
+            layers: vec![784, 1000, 100],
+            learning_rates: vec![1e-3, 1e-3],
+            epochs: 20,
+            batch_size: 100,
+            persistent_particles: false,
+            eval_warm: false,
+            corruption: Some(vec![1.0, 0.5]),
+            spike_samples: Some(3),
+            inference_steps: Some(15),
+            inference_rate: Some(0.1),
+            top_down: Some(0.001),
+            pair_training: Some(PairTraining::Dae),
+            ..preset("eqprop-mnist-1h")?
+        }),
+        // One layer pair: a denoising auto-encoder whose code is the top layer.
+        "generative-mnist-1h" => Ok(Config {
+            preset: name.to_string(),
+            layers: vec![784, 200],
+            learning_rates: vec![1e-3],
+            corruption: Some(vec![1.0]),
+            ..preset("generative-mnist-2h")?
         }),
         // The baselines: EP's architecture and epochs, SGD on the same cost.
         "backprop-mnist-1h" | "backprop-mnist-2h" | "backprop-mnist-3h" => {
@@ -350,6 +438,9 @@ impl Config {
                 self.layers
             ));
         }
+        if self.algorithm == Algorithm::Generative {
+            return self.validate_generative();
+        }
         if *self.layers.last().unwrap() != crate::data::CLASSES {
             return bad(format!(
                 "layers = {:?}: the output layer must have {} units, one per class",
@@ -421,6 +512,51 @@ impl Config {
             return bad(format!("threads = {} is more than 256", self.threads));
         }
         Ok(())
+    }
+
+    fn validate_generative(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let pairs = self.layers.len() - 1;
+        let g = self.generative();
+        if self.learning_rates.len() != pairs || g.corruption.len() != pairs {
+            return bad(format!(
+                "layers = {:?} has {pairs} layer pairs: give learning_rates and corruption one entry each",
+                self.layers
+            ));
+        }
+        if self
+            .learning_rates
+            .iter()
+            .chain(&g.corruption)
+            .any(|r| !r.is_finite() || *r < 0.0)
+        {
+            return bad("learning_rates and corruption must be finite and not negative".into());
+        }
+        if !(g.inference_rate.is_finite() && g.top_down.is_finite()) {
+            return bad("inference_rate and top_down must be finite".into());
+        }
+        if self.batch_size == 0 || self.threads == 0 || self.eval_block == 0 {
+            return bad("batch_size, threads and eval_block must be at least 1".into());
+        }
+        if self.device != Device::Cpu {
+            return bad("the generative model runs on the CPU only; use --device cpu".into());
+        }
+        Ok(())
+    }
+
+    /// The generative keys, with the paper's values where a config leaves one out.
+    pub fn generative(&self) -> GenerativeSettings {
+        GenerativeSettings {
+            corruption: self
+                .corruption
+                .clone()
+                .unwrap_or_else(|| vec![0.5; self.layers.len() - 1]),
+            spike_samples: self.spike_samples.unwrap_or(3),
+            inference_steps: self.inference_steps.unwrap_or(15),
+            inference_rate: self.inference_rate.unwrap_or(0.1),
+            top_down: self.top_down.unwrap_or(0.001),
+            pair_training: self.pair_training.unwrap_or_default(),
+        }
     }
 
     pub fn to_toml(&self) -> String {

@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod data;
 pub mod eqprop;
 pub mod error;
+pub mod generative;
 pub mod gradcheck;
 pub mod node_perturbation;
 pub mod plot;

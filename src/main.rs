@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use plasticity::config::{self, Config};
 use plasticity::train::{self, EpochMetrics, Progress};
-use plasticity::{Error, Result, bench};
+use plasticity::{Error, Result, bench, generative};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -119,6 +119,89 @@ enum Command {
         run: Vec<PathBuf>,
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Generative model: ancestral samples, the same after the paper's refinement,
+    /// and refinement chains, as PNG grids.
+    Sample {
+        /// Run directory of a generative model (e.g. results/generative-mnist-2h).
+        #[arg(long)]
+        run: PathBuf,
+        /// Where to write (default: the run directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+    },
+    /// Generative model: mean log p(x, h) over test digits per INFERENCE iteration,
+    /// for each (delta, alpha); writes inference.png, .csv and .json.
+    Infer {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// delta:alpha pairs, comma-separated (the paper trains with 0.1:0.001 and
+        /// generates with 0.1:0.3).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.1:0.001,0.1:0.3,0.02:0.001"
+        )]
+        settings: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Test digits averaged over.
+        #[arg(long, default_value_t = 10000)]
+        count: usize,
+        #[arg(long, default_value_t = config::default_threads())]
+        threads: usize,
+    },
+    /// Generative model: Parzen-window log-likelihood of the test set under
+    /// ancestral and refined samples (window chosen on validation), the Frechet
+    /// distance on an EP classifier's features, and a nearest-neighbour check.
+    Parzen {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// EP run whose trained network supplies the features.
+        #[arg(long, default_value = "results/eqprop-mnist-1h")]
+        classifier: PathBuf,
+        #[arg(long, default_value_t = 10000)]
+        count: usize,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+    },
+    /// Generative model: fill in missing pixels of test digits by the model's
+    /// dynamics; error on the missing pixels against mean fill and a feed-forward
+    /// pass, and an EP classifier's accuracy on the results.
+    Inpaint {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// bottom-half, left-half, random-50 or random-80 (may repeat, comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "bottom-half,left-half,random-50,random-80"
+        )]
+        mask: Vec<String>,
+        #[arg(long, default_value = "results/eqprop-mnist-1h")]
+        classifier: PathBuf,
+        /// Encode/decode steps (each runs INFERENCE).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// alpha of the INFERENCE in each step (the paper's training value: 0.001).
+        #[arg(long, default_value_t = 0.001)]
+        alpha: f32,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = config::default_threads())]
+        threads: usize,
     },
     /// List the presets and their hyperparameters.
     Presets,
@@ -245,6 +328,92 @@ fn main() -> ExitCode {
             run,
             out: Some(out),
         }) => train::overlay(&run, &out).map(|table| print!("{table}")),
+        Some(Command::Sample {
+            run,
+            out,
+            count,
+            sampler,
+        }) => in_pool(sampler.threads, || {
+            let out = out.unwrap_or_else(|| run.clone());
+            let msg = generative::commands::sample_run(
+                &run,
+                &out,
+                &sampler.sampler(),
+                count,
+                sampler.seed,
+            )?;
+            println!("{msg}");
+            Ok(())
+        }),
+        Some(Command::Infer {
+            run,
+            out,
+            settings,
+            steps,
+            count,
+            threads,
+        }) => in_pool(threads, || {
+            let pairs = settings
+                .iter()
+                .map(|p| parse_pair(p))
+                .collect::<Result<Vec<_>>>()?;
+            let out = out.unwrap_or_else(|| run.clone());
+            print!(
+                "{}",
+                generative::commands::infer_run(&run, &out, &pairs, steps, count)?
+            );
+            Ok(())
+        }),
+        Some(Command::Parzen {
+            run,
+            out,
+            classifier,
+            count,
+            sampler,
+        }) => in_pool(sampler.threads, || {
+            let out = out.unwrap_or_else(|| run.clone());
+            let (table, _) = generative::commands::parzen_run(
+                &run,
+                &classifier,
+                &out,
+                &sampler.sampler(),
+                count,
+                sampler.seed,
+            )?;
+            print!("{table}");
+            Ok(())
+        }),
+        Some(Command::Inpaint {
+            run,
+            out,
+            mask,
+            classifier,
+            steps,
+            alpha,
+            count,
+            seed,
+            threads,
+        }) => in_pool(threads, || {
+            let out = out.unwrap_or_else(|| run.clone());
+            let settings = generative::commands::Inpainting {
+                dynamics: generative::inference::Dynamics {
+                    steps: 15,
+                    rate: 0.1,
+                    top_down: alpha,
+                    noise: 0.0,
+                },
+                steps,
+                count,
+                seed,
+            };
+            for m in &mask {
+                let m: generative::impute::Mask = m.parse()?;
+                let (table, _) =
+                    generative::commands::inpaint_run(&run, &classifier, &out, m, &settings)?;
+                print!("{table}");
+            }
+            Ok(())
+        }),
         Some(Command::Presets) => presets_cmd(),
         Some(Command::Stdp {
             out,
@@ -471,6 +640,72 @@ fn eval_cmd(
     });
     println!("{out}");
     Ok(())
+}
+
+/// How the generative model's samples are drawn (the paper's values by default).
+#[derive(Args)]
+struct SamplerArgs {
+    /// Refinement rounds after the ancestral pass (the paper: 3).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// INFERENCE iterations per round (N).
+    #[arg(long, default_value_t = 15)]
+    steps: usize,
+    /// delta: step along the target-propagation estimate.
+    #[arg(long, default_value_t = 0.1)]
+    delta: f32,
+    /// alpha: top-down pull during refinement (the paper: 0.3).
+    #[arg(long, default_value_t = 0.3)]
+    alpha: f32,
+    /// Gaussian corruption of the image before each round, relative to its RMS
+    /// (0: none, as the paper).
+    #[arg(long, default_value_t = 0.0)]
+    corruption: f32,
+    /// Std of the noise added to each hidden update during refinement.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f32,
+    /// The top prior's variance is the codes' variance times this (the paper: 4).
+    #[arg(long, default_value_t = 4.0)]
+    prior_scale: f32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = config::default_threads())]
+    threads: usize,
+}
+
+impl SamplerArgs {
+    fn sampler(&self) -> generative::sample::Sampler {
+        generative::sample::Sampler {
+            prior_scale: self.prior_scale,
+            rounds: self.rounds,
+            dynamics: generative::inference::Dynamics {
+                steps: self.steps,
+                rate: self.delta,
+                top_down: self.alpha,
+                noise: self.noise,
+            },
+            corruption: self.corruption,
+        }
+    }
+}
+
+/// "delta:alpha" as two numbers.
+fn parse_pair(p: &str) -> Result<(f32, f32)> {
+    let bad = || Error::Config(format!("`{p}`: give delta:alpha, e.g. 0.1:0.001"));
+    let (a, b) = p.split_once(':').ok_or_else(bad)?;
+    Ok((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Runs `f` on a pool of `threads` workers (the GEMMs split across them).
+fn in_pool(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?
+        .install(f)
 }
 
 fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) -> Result<()> {

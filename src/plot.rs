@@ -93,8 +93,12 @@ fn chart(
     };
     let (y0, y1) = if y0 > y1 {
         (1e-4, 1.0)
-    } else {
+    } else if log_y {
         (y0 * 0.8, y1 * 1.25)
+    } else {
+        // Linear axes may be all negative (a log-likelihood): pad by the span.
+        let pad = if y1 > y0 { 0.08 * (y1 - y0) } else { 0.5 };
+        (y0 - pad, y1 + pad)
     };
     let tmp = path.with_extension("png.tmp.png");
     {
@@ -132,6 +136,61 @@ fn chart(
                 .draw_series(LineSeries::new(vec![(x0, 0.0), (x1, 0.0)], BLACK.mix(0.5)))
                 .map_err(|e| err(e.to_string()))?;
             draw_series(&mut chart, series, |p| p.1.is_finite()).map_err(err)?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename plot into place", path, e))
+}
+
+/// Greyscale images (rows of `side x side` pixels in [0, 1], black on white
+/// as digits are usually shown) in a grid of `cols` per row, each pixel
+/// `scale` x `scale` screen pixels, under `title`; written to `path` as PNG.
+pub fn image_grid(
+    path: &Path,
+    title: &str,
+    images: &[&[f32]],
+    side: usize,
+    cols: usize,
+    scale: u32,
+) -> Result<()> {
+    ensure_font();
+    let err = |e: String| Error::Checkpoint(format!("cannot draw {}: {e}", path.display()));
+    let cols = cols.max(1);
+    let grid_rows = images.len().div_ceil(cols).max(1);
+    let cell = side as u32 * scale + 2;
+    let title_h = 34;
+    let width = (cols as u32 * cell + 2).max(360);
+    let height = grid_rows as u32 * cell + 2 + title_h;
+    let tmp = path.with_extension("png.tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        root.draw(&Text::new(
+            title.to_string(),
+            (6, 6),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(|e| err(e.to_string()))?;
+        for (n, img) in images.iter().enumerate() {
+            let (gx, gy) = (
+                (n % cols) as u32 * cell + 2,
+                (n / cols) as u32 * cell + 2 + title_h,
+            );
+            for (p, &v) in img.iter().enumerate().take(side * side) {
+                let level = (255.0 * (1.0 - v.clamp(0.0, 1.0))).round() as u8;
+                let (x, y) = (
+                    (p % side) as u32 * scale + gx,
+                    (p / side) as u32 * scale + gy,
+                );
+                root.draw(&Rectangle::new(
+                    [
+                        (x as i32, y as i32),
+                        ((x + scale) as i32, (y + scale) as i32),
+                    ],
+                    RGBColor(level, level, level).filled(),
+                ))
+                .map_err(|e| err(e.to_string()))?;
+            }
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }

@@ -263,6 +263,7 @@ impl Learner for Backprop {
             examples,
             errors,
             cost,
+            ..Stats::default()
         }
     }
 

@@ -302,6 +302,7 @@ impl CudaEqProp {
             examples: indices.len(),
             errors: errors as usize,
             cost: cost as f64,
+            ..Stats::default()
         })
     }
 
@@ -355,6 +356,7 @@ impl Learner for CudaEqProp {
                 examples: indices.len(),
                 errors: indices.len(),
                 cost: f64::NAN,
+                ..Stats::default()
             };
         }
         let r = self.try_train_batch(data, indices, rng);

@@ -230,6 +230,45 @@ pub fn load_run(dir: &std::path::Path) -> Result<(Config, Network)> {
     Ok((cfg, learner.net))
 }
 
+/// The free fixed points of `images` under `net`, relaxed from rest with the
+/// run's free phase (no labels, no nudge): per image, every layer after the
+/// input, concatenated. The generative model compares image sets on these
+/// features of a trained classifier (its Frechet distance).
+pub fn free_states(cfg: &Config, net: &Network, images: &Matrix) -> Matrix {
+    let settings = Settings::from_config(cfg);
+    let width: usize = net.sizes[1..].iter().sum();
+    let mut out = Matrix::zeros(images.rows, width);
+    let block_rows = cfg.eval_block.max(1);
+    out.data
+        .par_chunks_mut(block_rows * width)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let r0 = c * block_rows;
+            let rows = chunk.len() / width;
+            let data = Dataset {
+                images: Matrix::from_vec(
+                    rows,
+                    images.cols,
+                    images.data[r0 * images.cols..(r0 + rows) * images.cols].to_vec(),
+                ),
+                labels: vec![0; rows],
+            };
+            let mut b = Block::new(&net.sizes, rows);
+            b.scheme = settings.relaxation;
+            b.load(&data, 0..rows, &[], false);
+            b.compute_input_drive(net);
+            b.relax(net, Phase::Free, settings.free_steps, settings.epsilon, 0.0);
+            for i in 0..rows {
+                let mut at = i * width;
+                for layer in b.states(Phase::Free) {
+                    chunk[at..at + layer.cols].copy_from_slice(layer.row(i));
+                    at += layer.cols;
+                }
+            }
+        });
+    out
+}
+
 /// Checkpoint names of the warm-evaluation particle sets.
 const WARM_NAMES: [&str; 2] = ["val_particles", "test_particles"];
 
@@ -451,6 +490,7 @@ impl Learner for EqProp {
             examples: acc.examples + b.rows,
             errors: acc.errors + b.errors,
             cost: acc.cost + b.cost,
+            ..Stats::default()
         })
     }
 

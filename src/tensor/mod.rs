@@ -93,6 +93,13 @@ impl Matrix {
         &mut self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    /// Uses the first `rows` rows (a last, smaller batch). Growing past the
+    /// rows the matrix was made with allocates; shrinking and regrowing does not.
+    pub fn set_rows(&mut self, rows: usize) {
+        self.data.resize(rows * self.cols, 0.0);
+        self.rows = rows;
+    }
+
     pub fn fill(&mut self, v: f32) {
         self.data.fill(v);
     }
@@ -235,6 +242,48 @@ pub fn gemm(mut c: ViewMut, accumulate: bool, alpha: f32, a: View, ta: Op, b: Vi
     faer::linalg::matmul::matmul(c.faer(), acc, fa, fb, alpha, Par::Seq);
 }
 
+/// `C = alpha op(A) op(B) (+ C)` with C's rows split across the current rayon
+/// pool, one single-threaded [`gemm`] per piece: for the larger batch-100
+/// GEMMs of the generative model. Each element of C is computed by one call,
+/// so results depend on the thread count only through where the rows split.
+pub fn par_gemm(c: &mut Matrix, accumulate: bool, alpha: f32, a: View, ta: Op, b: View, tb: Op) {
+    use rayon::prelude::*;
+    let parts = rayon::current_num_threads().clamp(1, c.rows.max(1));
+    let rows = c.rows;
+    let cols = c.cols;
+    let chunks: Vec<(usize, &mut [f32])> = {
+        let mut out = Vec::with_capacity(parts);
+        let mut rest: &mut [f32] = &mut c.data;
+        for p in 0..parts {
+            let (r0, r1) = row_range(rows, parts, p);
+            let (head, tail) = rest.split_at_mut((r1 - r0) * cols);
+            out.push((r0, head));
+            rest = tail;
+        }
+        out
+    };
+    chunks.into_par_iter().for_each(|(r0, data)| {
+        let n = data.len() / cols.max(1);
+        let part = ViewMut {
+            data,
+            rows: n,
+            cols,
+            stride: cols,
+        };
+        // Rows r0..r0+n of op(A): rows of A, or columns of A when transposed.
+        let a_part = match ta {
+            Op::N => View {
+                data: &a.data[(r0 * a.stride).min(a.data.len())..],
+                rows: n,
+                cols: a.cols,
+                stride: a.stride,
+            },
+            Op::T => a.cols_view(r0, r0 + n),
+        };
+        gemm(part, accumulate, alpha, a_part, ta, b, tb);
+    });
+}
+
 /// The plain triple loop that every GEMM call is checked against.
 pub fn gemm_reference(
     c: &mut Matrix,
@@ -305,6 +354,23 @@ mod tests {
             let mut r = c0.clone();
             gemm(c.view_mut(), acc, alpha, a.view(), ta, b.view(), tb);
             gemm_reference(&mut r, acc, alpha, &a, ta, &b, tb);
+            prop_assert!(max_abs_diff(&c, &r) <= 1e-5 * (k as f32 + 1.0), "diff {}", max_abs_diff(&c, &r));
+        }
+
+        #[test]
+        fn par_gemm_matches_reference(m in 1usize..40, k in 0usize..70, n in 1usize..40,
+                                      ta in any::<bool>(), tb in any::<bool>(), acc in any::<bool>(),
+                                      threads in 1usize..5, seed in any::<u64>()) {
+            let ta = if ta { Op::T } else { Op::N };
+            let tb = if tb { Op::T } else { Op::N };
+            let a = if ta == Op::N { rand_matrix(m, k, seed) } else { rand_matrix(k, m, seed) };
+            let b = if tb == Op::N { rand_matrix(k, n, seed ^ 1) } else { rand_matrix(n, k, seed ^ 1) };
+            let c0 = rand_matrix(m, n, seed ^ 2);
+            let mut c = c0.clone();
+            let mut r = c0.clone();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| par_gemm(&mut c, acc, 0.5, a.view(), ta, b.view(), tb));
+            gemm_reference(&mut r, acc, 0.5, &a, ta, &b, tb);
             prop_assert!(max_abs_diff(&c, &r) <= 1e-5 * (k as f32 + 1.0), "diff {}", max_abs_diff(&c, &r));
         }
     }

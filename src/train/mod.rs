@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,11 +25,19 @@ pub struct Stats {
     pub errors: usize,
     /// Sum of the per-example cost.
     pub cost: f64,
+    /// What `errors` counts out of, where that is not one per example (a
+    /// generative model counts wrong pixels); 0 means `examples`.
+    pub trials: usize,
 }
 
 impl Stats {
     pub fn error_rate(&self) -> f64 {
-        self.errors as f64 / self.examples.max(1) as f64
+        let out_of = if self.trials > 0 {
+            self.trials
+        } else {
+            self.examples
+        };
+        self.errors as f64 / out_of.max(1) as f64
     }
     pub fn mean_cost(&self) -> f64 {
         self.cost / self.examples.max(1) as f64
@@ -85,6 +93,12 @@ pub trait Learner {
     }
     /// Called before each epoch's first batch (1-based), for schedules.
     fn start_epoch(&mut self, _epoch: usize) {}
+    /// Called after each epoch's training and evaluation, before the
+    /// checkpoint: finishes per-epoch state and returns metrics of the
+    /// learner's own (named), measured on `val`.
+    fn end_epoch(&mut self, _val: &Dataset) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// For reward-driven learners: mean reward per example since the last call.
     fn take_mean_reward(&mut self) -> Option<f64> {
         None
@@ -147,6 +161,10 @@ pub struct EpochMetrics {
     pub examples_per_second: f64,
     /// Achieved GFLOP/s of the training part (analytic FLOP count).
     pub train_gflops: f64,
+    /// Metrics of a learner's own (`Learner::end_epoch`), e.g. the generative
+    /// model's log p(x, h) and code statistics.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 impl EpochMetrics {
@@ -229,7 +247,11 @@ pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Result<Box<dyn Learner
                     .into(),
             ));
         }
-        (Algorithm::Backprop | Algorithm::NodePerturbation, Device::Cuda) => {
+        (Algorithm::Generative, Device::Cpu) => Box::new(crate::generative::Generative::new(cfg)),
+        (
+            Algorithm::Backprop | Algorithm::NodePerturbation | Algorithm::Generative,
+            Device::Cuda,
+        ) => {
             return Err(Error::Config(
                 "the baselines run on the CPU only; use --device cpu".into(),
             ));
@@ -364,6 +386,7 @@ fn run_epochs(
             train.examples += s.examples;
             train.errors += s.errors;
             train.cost += s.cost;
+            train.trials += s.trials;
             progress.batch_done(train.examples, train.errors);
         }
         learner.sync_host()?;
@@ -376,6 +399,7 @@ fn run_epochs(
         let val_warm = learner.evaluate_warm(&splits.val, 0);
         let test_warm = learner.evaluate_warm(&splits.test, 1);
         let free_steps_mean = learner.take_free_steps_mean();
+        let extra = learner.end_epoch(&splits.val).into_iter().collect();
         // A tolerance may stop free phases early: count the FLOPs of the steps taken.
         let train_flops = match free_steps_mean {
             Some(mean) => {
@@ -400,6 +424,7 @@ fn run_epochs(
             train_seconds,
             examples_per_second: n as f64 / train_seconds,
             train_gflops: train_flops * n as f64 / train_seconds / 1e9,
+            extra,
         };
         history.push(m.clone());
         save_epoch(cfg, dir, learner, &history)?;

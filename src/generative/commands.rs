@@ -1,0 +1,494 @@
+//! The generative model's commands on a trained run: sample, infer, parzen,
+//! inpaint. Each reads a run directory, writes its figures and a JSON report
+//! beside them, and returns a printable table.
+
+use super::Model;
+use super::evaluate::{self, Parzen};
+use super::impute::{self, Mask};
+use super::inference::{self, Dynamics, Scratch};
+use super::sample::{self, Sampler};
+use crate::data::Splits;
+use crate::error::Result;
+use crate::plot::{PALETTE, Series, image_grid, linear_chart};
+use crate::tensor::Matrix;
+use crate::train::checkpoint::write_atomic;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+const SIDE: usize = 28;
+
+fn load(dir: &Path) -> Result<(Model, Splits)> {
+    let (cfg, model) = Model::load_run(dir)?;
+    let splits = crate::train::load_data(&crate::config::Config {
+        limit: 0,
+        eval_limit: 0,
+        ..cfg
+    })?;
+    Ok((model, splits))
+}
+
+fn rows_of(m: &Matrix, n: usize) -> Vec<&[f32]> {
+    (0..n.min(m.rows)).map(|i| m.row(i)).collect()
+}
+
+fn first_rows(m: &Matrix, n: usize) -> Matrix {
+    let n = n.min(m.rows);
+    Matrix::from_vec(n, m.cols, m.data[..n * m.cols].to_vec())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("report serializes") + "\n";
+    write_atomic(path, text.as_bytes())
+}
+
+/// `plasticity sample`: a grid of ancestral samples, the same samples after
+/// the refinement, and chains over rounds (one chain per row).
+pub fn sample_run(dir: &Path, out: &Path, s: &Sampler, count: usize, seed: u64) -> Result<String> {
+    let (model, _) = Model::load_run(dir).map(|(_, m)| (m, ()))?;
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ancestral = sample::ancestral(&model, count, s.prior_scale, &mut rng);
+    let mut refined = ancestral.clone();
+    sample::refine(&model, &mut refined, s, &mut rng, None);
+    let cols = (count as f64).sqrt().ceil() as usize;
+    let a = out.join("samples_ancestral.png");
+    let r = out.join("samples_refined.png");
+    image_grid(
+        &a,
+        "ancestral samples (top prior, then the decoders)",
+        &rows_of(&ancestral, count),
+        SIDE,
+        cols,
+        2,
+    )?;
+    let title = format!(
+        "after {} refinement rounds (N={}, delta={}, alpha={}, corruption {})",
+        s.rounds, s.dynamics.steps, s.dynamics.rate, s.dynamics.top_down, s.corruption
+    );
+    image_grid(&r, &title, &rows_of(&refined, count), SIDE, cols, 2)?;
+    // Chains: 10 samples, each followed through 20 rounds.
+    let (chains, rounds) = (10, 20);
+    let mut x = first_rows(&ancestral, chains);
+    let mut frames = vec![x.clone()];
+    sample::refine(
+        &model,
+        &mut x,
+        &Sampler { rounds, ..*s },
+        &mut rng,
+        Some(&mut frames),
+    );
+    let mut cells = Vec::new();
+    for c in 0..x.rows {
+        for f in &frames {
+            cells.push(f.row(c));
+        }
+    }
+    let chain = out.join("chain.png");
+    image_grid(
+        &chain,
+        "refinement chains: ancestral sample, then one round per column",
+        &cells,
+        SIDE,
+        frames.len(),
+        2,
+    )?;
+    Ok(format!(
+        "wrote {}, {} and {}",
+        a.display(),
+        r.display(),
+        chain.display()
+    ))
+}
+
+#[derive(Serialize)]
+struct TraceReport {
+    images: usize,
+    settings: Vec<TraceSeries>,
+}
+
+#[derive(Serialize)]
+struct TraceSeries {
+    rate: f32,
+    top_down: f32,
+    /// Mean log p(x, h) before the first iteration and after each.
+    log_p: Vec<f64>,
+    /// Its first term, log p(x | h_1).
+    log_p_x: Vec<f64>,
+}
+
+/// `plasticity infer`: mean log p(x, h) over test digits, per INFERENCE
+/// iteration, for each (delta, alpha); a PNG, a CSV and JSON in `out`.
+pub fn infer_run(
+    dir: &Path,
+    out: &Path,
+    settings: &[(f32, f32)],
+    steps: usize,
+    count: usize,
+) -> Result<String> {
+    let (model, splits) = load(dir)?;
+    let x = first_rows(&splits.test.images, count);
+    let mut series = Vec::new();
+    for &(rate, top_down) in settings {
+        let d = Dynamics {
+            steps: 1,
+            rate,
+            top_down,
+            noise: 0.0,
+        };
+        let mut h: Vec<Matrix> = model
+            .sizes
+            .iter()
+            .map(|&n| Matrix::zeros(x.rows, n))
+            .collect();
+        h[0].data.copy_from_slice(&x.data);
+        let mut scratch = Scratch::new(&model.sizes, x.rows);
+        inference::feed_forward(&model, &mut h);
+        let (mut log_p, mut log_p_x) = (Vec::new(), Vec::new());
+        for t in 0..=steps {
+            if t > 0 {
+                inference::infer(&model, &mut h, &d, &mut scratch, None, None);
+            }
+            let terms = inference::log_joint_terms(&model, &h, &mut scratch);
+            log_p.push(terms.iter().sum());
+            log_p_x.push(terms[0]);
+        }
+        series.push(TraceSeries {
+            rate,
+            top_down,
+            log_p,
+            log_p_x,
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
+    let names: Vec<String> = series
+        .iter()
+        .map(|s| format!("delta {} alpha {}", s.rate, s.top_down))
+        .collect();
+    let mut csv = String::from("iteration,delta,alpha,log_p_xh,log_p_x_given_h1\n");
+    let mut table = format!("mean log p(x, h) over {} test digits (nats)\n", x.rows);
+    for (s, name) in series.iter().zip(&names) {
+        for t in 0..=steps {
+            let _ = writeln!(
+                csv,
+                "{t},{},{},{},{}",
+                s.rate, s.top_down, s.log_p[t], s.log_p_x[t]
+            );
+        }
+        let _ = writeln!(
+            table,
+            "  {name:<24} start {:9.2}  after {steps:2} {:9.2}  (log p(x|h1): {:8.2} -> {:8.2})",
+            s.log_p[0], s.log_p[steps], s.log_p_x[0], s.log_p_x[steps]
+        );
+    }
+    write_atomic(&out.join("inference.csv"), csv.as_bytes())?;
+    let lines: Vec<Series> = series
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (s, name))| Series {
+            name,
+            points: s
+                .log_p
+                .iter()
+                .enumerate()
+                .map(|(t, &v)| (t as f64, v))
+                .collect(),
+            color: PALETTE[i % PALETTE.len()],
+        })
+        .collect();
+    linear_chart(
+        &out.join("inference.png"),
+        "log p(x, h) during inference (test digits)",
+        "INFERENCE iteration",
+        "mean log p(x, h) (nats)",
+        &lines,
+    )?;
+    write_json(
+        &out.join("inference.json"),
+        &TraceReport {
+            images: x.rows,
+            settings: series,
+        },
+    )?;
+    Ok(table)
+}
+
+/// One row of the sample-quality table.
+#[derive(Clone, Debug, Serialize)]
+pub struct QualityRow {
+    pub samples: String,
+    /// Parzen window chosen on validation, and the test log-likelihood there.
+    pub sigma: f32,
+    pub parzen_val: f64,
+    pub parzen_test: f64,
+    pub parzen_test_stderr: f64,
+    /// Frechet distance to the test images on the classifier's features.
+    pub frechet: f64,
+    /// Median Euclidean distance from a sample to its nearest training image.
+    pub nearest_train_median: f64,
+    /// Fraction of samples closer to a training image than 99% of test images are.
+    pub near_copies: f64,
+}
+
+/// `plasticity parzen`: the paper's Parzen table for ancestral and refined
+/// samples (and real training images as the reference), with a Frechet
+/// distance on the features of the EP classifier in `classifier`.
+pub fn parzen_run(
+    dir: &Path,
+    classifier: &Path,
+    out: &Path,
+    refined: &Sampler,
+    count: usize,
+    seed: u64,
+) -> Result<(String, Vec<QualityRow>)> {
+    let (model, splits) = load(dir)?;
+    let (ccfg, net) = crate::eqprop::load_run(classifier)?;
+    let features = |m: &Matrix| crate::eqprop::free_states(&ccfg, &net, m);
+    let test_moments = evaluate::moments(&features(&splits.test.images));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ancestral = sample::ancestral(&model, count, refined.prior_scale, &mut rng);
+    let mut better = ancestral.clone();
+    sample::refine(&model, &mut better, refined, &mut rng, None);
+    let real = first_rows(&splits.train.images, count);
+    // How far test digits lie from the training set: the yardstick for copies.
+    let probe = 1000;
+    let test_nn: Vec<f32> = evaluate::nearest(
+        &first_rows(&splits.test.images, probe),
+        &splits.train.images,
+    )
+    .iter()
+    .map(|p| p.0)
+    .collect();
+    let mut sorted = test_nn.clone();
+    sorted.sort_by(f32::total_cmp);
+    let copy_line = sorted[sorted.len() / 100];
+    let grid = evaluate::sigma_grid();
+    let mut rows = Vec::new();
+    let named = [
+        ("ancestral".to_string(), &ancestral),
+        (
+            format!(
+                "refined ({} rounds, alpha {}, corruption {})",
+                refined.rounds, refined.dynamics.top_down, refined.corruption
+            ),
+            &better,
+        ),
+        (format!("training images ({count}, reference)"), &real),
+    ];
+    for (name, samples) in named {
+        let val = evaluate::parzen(samples, &splits.val.images, &grid);
+        let best = val
+            .iter()
+            .copied()
+            .max_by(|a, b| a.mean.total_cmp(&b.mean))
+            .expect("a sigma");
+        let test: Parzen = evaluate::parzen(samples, &splits.test.images, &[best.sigma])[0];
+        let (m, c) = evaluate::moments(&features(samples));
+        let frechet = evaluate::frechet(&m, &c, &test_moments.0, &test_moments.1);
+        let nn = evaluate::nearest(&first_rows(samples, probe), &splits.train.images);
+        let mut d: Vec<f64> = nn.iter().map(|p| (p.0 as f64).sqrt()).collect();
+        d.sort_by(f64::total_cmp);
+        let copies = nn.iter().filter(|p| p.0 < copy_line).count() as f64 / nn.len().max(1) as f64;
+        if !name.starts_with("training") {
+            let pairs: Vec<&[f32]> = (0..10)
+                .flat_map(|i| [samples.row(i), splits.train.images.row(nn[i].1)])
+                .collect();
+            let file = if name == "ancestral" {
+                "nearest_ancestral.png"
+            } else {
+                "nearest_refined.png"
+            };
+            std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
+            image_grid(
+                &out.join(file),
+                "sample | nearest training image",
+                &pairs,
+                SIDE,
+                2,
+                2,
+            )?;
+        }
+        rows.push(QualityRow {
+            samples: name,
+            sigma: best.sigma,
+            parzen_val: best.mean,
+            parzen_test: test.mean,
+            parzen_test_stderr: test.stderr,
+            frechet,
+            nearest_train_median: d[d.len() / 2],
+            near_copies: copies,
+        });
+    }
+    let test_median = {
+        let mut d: Vec<f64> = test_nn.iter().map(|&v| (v as f64).sqrt()).collect();
+        d.sort_by(f64::total_cmp);
+        d[d.len() / 2]
+    };
+    write_json(&out.join("parzen.json"), &rows)?;
+    let mut table = format!(
+        "{count} samples; Parzen sigma chosen on the 10,000 validation images; Frechet distance \
+         to the test set on the features of {}\n\
+         {:<48} {:>6} {:>10} {:>16} {:>9} {:>12} {:>8}\n",
+        classifier.display(),
+        "samples",
+        "sigma",
+        "Parzen val",
+        "Parzen test",
+        "Frechet",
+        "NN distance",
+        "copies"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "{:<48} {:>6.3} {:>10.1} {:>9.1} ± {:<4.1} {:>9.2} {:>12.2} {:>7.1}%",
+            r.samples,
+            r.sigma,
+            r.parzen_val,
+            r.parzen_test,
+            r.parzen_test_stderr,
+            r.frechet,
+            r.nearest_train_median,
+            100.0 * r.near_copies
+        );
+    }
+    let _ = writeln!(
+        table,
+        "test digits' median distance to their nearest training image: {test_median:.2}; \
+         `copies`: samples nearer a training image than 99% of test digits are ({:.2})",
+        (copy_line as f64).sqrt()
+    );
+    Ok((table, rows))
+}
+
+/// The imputation report of one mask.
+#[derive(Clone, Debug, Serialize)]
+pub struct InpaintReport {
+    pub mask: String,
+    pub images: usize,
+    /// Mean squared error per missing pixel.
+    pub mean_fill: f64,
+    pub feed_forward: f64,
+    /// After each encode/decode step of the model's imputation.
+    pub model: Vec<f64>,
+    /// Test accuracy of the EP classifier on: complete, mean-filled,
+    /// feed-forward-filled and model-imputed images.
+    pub accuracy_complete: f64,
+    pub accuracy_mean_fill: f64,
+    pub accuracy_feed_forward: f64,
+    pub accuracy_model: f64,
+}
+
+/// How `inpaint_run` imputes.
+#[derive(Clone, Copy, Debug)]
+pub struct Inpainting {
+    /// The INFERENCE of each encode/decode step.
+    pub dynamics: Dynamics,
+    /// Encode/decode steps.
+    pub steps: usize,
+    /// Test digits used (the first ones).
+    pub count: usize,
+    /// Seed of the random masks.
+    pub seed: u64,
+}
+
+/// `plasticity inpaint`: imputation of `mask` on the first test digits.
+pub fn inpaint_run(
+    dir: &Path,
+    classifier: &Path,
+    out: &Path,
+    mask: Mask,
+    settings: &Inpainting,
+) -> Result<(String, InpaintReport)> {
+    let (model, splits) = load(dir)?;
+    let Inpainting {
+        dynamics,
+        steps,
+        count,
+        seed,
+    } = *settings;
+    let truth = first_rows(&splits.test.images, count);
+    let labels = &splits.test.labels[..truth.rows];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let seen = impute::observed(mask, truth.rows, SIDE, &mut rng);
+    let n = truth.cols;
+    let mut mean_pixel = vec![0.0f32; n];
+    for row in splits.train.images.data.chunks_exact(n) {
+        for (m, &v) in mean_pixel.iter_mut().zip(row) {
+            *m += v / splits.train.len() as f32;
+        }
+    }
+    let mean_filled = impute::merge(&truth, &seen, &mean_pixel);
+    let ff = impute::merge(
+        &truth,
+        &seen,
+        &impute::feed_forward_fill(&model, &mean_filled).data,
+    );
+    let trail = impute::impute(&model, &mean_filled, &seen, &dynamics, steps);
+    let filled = trail.last().unwrap_or(&mean_filled);
+    let (ccfg, net) = crate::eqprop::load_run(classifier)?;
+    let accuracy = |m: &Matrix| {
+        let f = crate::eqprop::free_states(&ccfg, &net, m);
+        let classes = crate::data::CLASSES;
+        let right = (0..m.rows)
+            .filter(|&i| {
+                let row = f.row(i);
+                crate::tensor::kernels::argmax(&row[row.len() - classes..]) == labels[i] as usize
+            })
+            .count();
+        right as f64 / m.rows.max(1) as f64
+    };
+    let report = InpaintReport {
+        mask: mask.to_string(),
+        images: truth.rows,
+        mean_fill: impute::missing_error(&truth, &mean_filled, &seen),
+        feed_forward: impute::missing_error(&truth, &ff, &seen),
+        model: trail
+            .iter()
+            .map(|x| impute::missing_error(&truth, x, &seen))
+            .collect(),
+        accuracy_complete: accuracy(&truth),
+        accuracy_mean_fill: accuracy(&mean_filled),
+        accuracy_feed_forward: accuracy(&ff),
+        accuracy_model: accuracy(filled),
+    };
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
+    // Rows: original, masked (missing pixels grey), feed-forward, model.
+    let shown = 12.min(truth.rows);
+    let masked = impute::merge(&truth, &seen, &vec![0.35; n]);
+    let mut cells = Vec::new();
+    for m in [&truth, &masked, &ff, filled] {
+        cells.extend(rows_of(m, shown));
+    }
+    let name = format!("inpaint_{mask}");
+    image_grid(
+        &out.join(format!("{name}.png")),
+        &format!("{mask}: original / masked / feed-forward / model ({steps} steps)"),
+        &cells,
+        SIDE,
+        shown,
+        2,
+    )?;
+    write_json(&out.join(format!("{name}.json")), &report)?;
+    let mut table = format!(
+        "{mask}, {} test digits: mean squared error per missing pixel\n  mean fill {:.4}   feed-forward {:.4}   model:",
+        truth.rows, report.mean_fill, report.feed_forward
+    );
+    for (t, e) in report.model.iter().enumerate() {
+        if t < 3 || (t + 1) % 5 == 0 {
+            let _ = write!(table, "  {}:{:.4}", t + 1, e);
+        }
+    }
+    let _ = write!(
+        table,
+        "\n  classifier accuracy: complete {:.2}%, mean fill {:.2}%, feed-forward {:.2}%, model {:.2}%\n",
+        100.0 * report.accuracy_complete,
+        100.0 * report.accuracy_mean_fill,
+        100.0 * report.accuracy_feed_forward,
+        100.0 * report.accuracy_model
+    );
+    Ok((table, report))
+}

@@ -1,0 +1,118 @@
+//! Sampling: ancestral from the top prior, then the paper's noisy refinement.
+//!
+//! Ancestral: h_L ~ N(mean, scale var) (the paper: scale 4), h_{k-1} = g_k(h_k).
+//! Refinement, from the generative view of denoising auto-encoders (a DAE's
+//! corrupt-then-reconstruct step is a Markov chain whose stationary
+//! distribution estimates the data's): repeat { x <- corrupt(x); INFERENCE(x)
+//! with a strong top-down pull (alpha = 0.3); x <- g_1(h_1) }. The paper runs
+//! it 3 times without the explicit corruption; `corruption` adds it.
+
+use super::inference::{self, Dynamics, Scratch};
+use super::{Model, corrupt_gaussian};
+use crate::tensor::Matrix;
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// Rows processed at a time (bounds the working memory).
+const CHUNK: usize = 500;
+
+/// How samples are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    /// The prior's variance is the codes' variance times this (the paper: 4).
+    pub prior_scale: f32,
+    /// Refinement rounds after the ancestral pass (the paper: 3).
+    pub rounds: usize,
+    /// INFERENCE of each round (the paper: N = 15, delta = 0.1, alpha = 0.3).
+    pub dynamics: Dynamics,
+    /// Gaussian corruption of x before each round, relative to x's RMS (0: none).
+    pub corruption: f32,
+}
+
+impl Sampler {
+    /// The paper's generation settings.
+    pub fn paper() -> Self {
+        Sampler {
+            prior_scale: 4.0,
+            rounds: 3,
+            dynamics: Dynamics {
+                steps: 15,
+                rate: 0.1,
+                top_down: 0.3,
+                noise: 0.0,
+            },
+            corruption: 0.0,
+        }
+    }
+}
+
+/// `count` ancestral samples (one row each, pixels in [0, 1]).
+pub fn ancestral(model: &Model, count: usize, prior_scale: f32, rng: &mut ChaCha8Rng) -> Matrix {
+    let top = model.depth();
+    let n_top = model.sizes[top];
+    let mut x = Matrix::zeros(count, model.sizes[0]);
+    let mut h: Vec<Matrix> = model.sizes.iter().map(|&n| Matrix::zeros(0, n)).collect();
+    let act = model.activation(top);
+    for r0 in (0..count).step_by(CHUNK) {
+        let rows = CHUNK.min(count - r0);
+        h[top].set_rows(rows);
+        for row in h[top].data.chunks_exact_mut(n_top) {
+            for (j, v) in row.iter_mut().enumerate() {
+                let std = (prior_scale * model.prior_var[j]).sqrt();
+                let z: f32 = rng.sample(StandardNormal);
+                *v = act.clamp(model.prior_mean[j] + std * z);
+            }
+        }
+        for k in (1..=top).rev() {
+            let (below, above) = h.split_at_mut(k);
+            model.dec[k - 1].forward(above[0].view(), &mut below[k - 1]);
+        }
+        let n = model.sizes[0];
+        x.data[r0 * n..(r0 + rows) * n].copy_from_slice(&h[0].data[..rows * n]);
+    }
+    x
+}
+
+/// Runs the refinement chain on the samples `x` in place. With `frames`, also
+/// records `x` after every round (for a picture of the chain).
+pub fn refine(
+    model: &Model,
+    x: &mut Matrix,
+    s: &Sampler,
+    rng: &mut ChaCha8Rng,
+    mut frames: Option<&mut Vec<Matrix>>,
+) {
+    let n = model.sizes[0];
+    let mut h: Vec<Matrix> = model
+        .sizes
+        .iter()
+        .map(|&m| Matrix::zeros(CHUNK, m))
+        .collect();
+    let mut scratch = Scratch::new(&model.sizes, CHUNK);
+    let mut clean = Matrix::zeros(CHUNK, n);
+    for _ in 0..s.rounds {
+        for r0 in (0..x.rows).step_by(CHUNK) {
+            let rows = CHUNK.min(x.rows - r0);
+            clean.set_rows(rows);
+            clean.data.copy_from_slice(&x.data[r0 * n..(r0 + rows) * n]);
+            if s.corruption > 0.0 {
+                corrupt_gaussian(&clean, &mut h[0], s.corruption, rng);
+                for v in h[0].data.iter_mut() {
+                    *v = v.clamp(0.0, 1.0);
+                }
+            } else {
+                h[0].set_rows(rows);
+                h[0].data.copy_from_slice(&clean.data);
+            }
+            inference::feed_forward(model, &mut h);
+            inference::infer(model, &mut h, &s.dynamics, &mut scratch, Some(rng), None);
+            let (x_layer, hidden) = h.split_at_mut(1);
+            model.dec[0].forward(hidden[0].view(), &mut x_layer[0]);
+            x.data[r0 * n..(r0 + rows) * n].copy_from_slice(&h[0].data[..rows * n]);
+        }
+        if let Some(f) = frames.as_deref_mut() {
+            f.push(x.clone());
+        }
+    }
+}

@@ -667,6 +667,10 @@ struct SamplerArgs {
     /// The top prior's variance is the codes' variance times this (the paper: 4).
     #[arg(long, default_value_t = 4.0)]
     prior_scale: f32,
+    /// Top prior: diagonal (the paper's, from the checkpoint) or full (ours: a
+    /// full-covariance Gaussian fitted to the inferred codes of 10,000 training images).
+    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full"])]
+    prior: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = config::default_threads())]
@@ -676,6 +680,11 @@ struct SamplerArgs {
 impl SamplerArgs {
     fn sampler(&self) -> generative::sample::Sampler {
         generative::sample::Sampler {
+            prior: if self.prior == "full" {
+                generative::sample::PriorKind::Full
+            } else {
+                generative::sample::PriorKind::Diagonal
+            },
             prior_scale: self.prior_scale,
             rounds: self.rounds,
             dynamics: generative::inference::Dynamics {

@@ -6,7 +6,7 @@ use super::Model;
 use super::evaluate::{self, Parzen};
 use super::impute::{self, Mask};
 use super::inference::{self, Dynamics, Scratch};
-use super::sample::{self, Sampler};
+use super::sample::{self, Prior, PriorKind, Sampler};
 use crate::data::Splits;
 use crate::error::Result;
 use crate::plot::{PALETTE, Series, image_grid, linear_chart};
@@ -20,14 +20,30 @@ use std::path::Path;
 
 const SIDE: usize = 28;
 
-fn load(dir: &Path) -> Result<(Model, Splits)> {
+fn load(dir: &Path) -> Result<(Model, Splits, crate::config::Config)> {
     let (cfg, model) = Model::load_run(dir)?;
     let splits = crate::train::load_data(&crate::config::Config {
         limit: 0,
         eval_limit: 0,
-        ..cfg
+        ..cfg.clone()
     })?;
-    Ok((model, splits))
+    Ok((model, splits, cfg))
+}
+
+/// Training images the full prior is fitted to (their inferred top codes).
+const PRIOR_FIT_IMAGES: usize = 10_000;
+
+/// The prior `s` asks for: the full one is fitted to the inferred codes of
+/// the first training images, with the run's own INFERENCE.
+fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sampler) -> Prior {
+    match s.prior {
+        PriorKind::Diagonal => Prior::Diagonal,
+        PriorKind::Full => sample::fit_full_prior(
+            model,
+            &first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
+            &Model::dynamics(&cfg.generative()),
+        ),
+    }
 }
 
 fn rows_of(m: &Matrix, n: usize) -> Vec<&[f32]> {
@@ -47,10 +63,11 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// `plasticity sample`: a grid of ancestral samples, the same samples after
 /// the refinement, and chains over rounds (one chain per row).
 pub fn sample_run(dir: &Path, out: &Path, s: &Sampler, count: usize, seed: u64) -> Result<String> {
-    let (model, _) = Model::load_run(dir).map(|(_, m)| (m, ()))?;
+    let (model, splits, cfg) = load(dir)?;
     std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ancestral = sample::ancestral(&model, count, s.prior_scale, &mut rng);
+    let prior = prior_for(&model, &splits, &cfg, s);
+    let ancestral = sample::ancestral(&model, &prior, count, s.prior_scale, &mut rng);
     let mut refined = ancestral.clone();
     sample::refine(&model, &mut refined, s, &mut rng, None);
     let cols = (count as f64).sqrt().ceil() as usize;
@@ -128,7 +145,7 @@ pub fn infer_run(
     steps: usize,
     count: usize,
 ) -> Result<String> {
-    let (model, splits) = load(dir)?;
+    let (model, splits, _) = load(dir)?;
     let x = first_rows(&splits.test.images, count);
     let mut series = Vec::new();
     for &(rate, top_down) in settings {
@@ -227,10 +244,11 @@ pub struct QualityRow {
     pub parzen_test_stderr: f64,
     /// Frechet distance to the test images on the classifier's features.
     pub frechet: f64,
-    /// Median Euclidean distance from a sample to its nearest training image.
-    pub nearest_train_median: f64,
+    /// Median Euclidean distance from a sample to its nearest training image
+    /// (not measured for the training images themselves).
+    pub nearest_train_median: Option<f64>,
     /// Fraction of samples closer to a training image than 99% of test images are.
-    pub near_copies: f64,
+    pub near_copies: Option<f64>,
 }
 
 /// `plasticity parzen`: the paper's Parzen table for ancestral and refined
@@ -244,12 +262,13 @@ pub fn parzen_run(
     count: usize,
     seed: u64,
 ) -> Result<(String, Vec<QualityRow>)> {
-    let (model, splits) = load(dir)?;
+    let (model, splits, cfg) = load(dir)?;
     let (ccfg, net) = crate::eqprop::load_run(classifier)?;
     let features = |m: &Matrix| crate::eqprop::free_states(&ccfg, &net, m);
     let test_moments = evaluate::moments(&features(&splits.test.images));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ancestral = sample::ancestral(&model, count, refined.prior_scale, &mut rng);
+    let prior = prior_for(&model, &splits, &cfg, refined);
+    let ancestral = sample::ancestral(&model, &prior, count, refined.prior_scale, &mut rng);
     let mut better = ancestral.clone();
     sample::refine(&model, &mut better, refined, &mut rng, None);
     let real = first_rows(&splits.train.images, count);
@@ -267,11 +286,15 @@ pub fn parzen_run(
     let copy_line = sorted[sorted.len() / 100];
     let grid = evaluate::sigma_grid();
     let mut rows = Vec::new();
+    let kind = match refined.prior {
+        PriorKind::Diagonal => "diagonal",
+        PriorKind::Full => "full",
+    };
     let named = [
-        ("ancestral".to_string(), &ancestral),
+        (format!("ancestral, {kind} prior"), &ancestral),
         (
             format!(
-                "refined ({} rounds, alpha {}, corruption {})",
+                "refined: {} rounds, alpha {}, corruption {}",
                 refined.rounds, refined.dynamics.top_down, refined.corruption
             ),
             &better,
@@ -288,15 +311,18 @@ pub fn parzen_run(
         let test: Parzen = evaluate::parzen(samples, &splits.test.images, &[best.sigma])[0];
         let (m, c) = evaluate::moments(&features(samples));
         let frechet = evaluate::frechet(&m, &c, &test_moments.0, &test_moments.1);
-        let nn = evaluate::nearest(&first_rows(samples, probe), &splits.train.images);
-        let mut d: Vec<f64> = nn.iter().map(|p| (p.0 as f64).sqrt()).collect();
-        d.sort_by(f64::total_cmp);
-        let copies = nn.iter().filter(|p| p.0 < copy_line).count() as f64 / nn.len().max(1) as f64;
-        if !name.starts_with("training") {
-            let pairs: Vec<&[f32]> = (0..10)
+        let reference = name.starts_with("training");
+        let (mut median, mut copies) = (None, None);
+        if !reference {
+            let nn = evaluate::nearest(&first_rows(samples, probe), &splits.train.images);
+            let mut d: Vec<f64> = nn.iter().map(|p| (p.0 as f64).sqrt()).collect();
+            d.sort_by(f64::total_cmp);
+            median = Some(d[d.len() / 2]);
+            copies = Some(nn.iter().filter(|p| p.0 < copy_line).count() as f64 / nn.len() as f64);
+            let pairs: Vec<&[f32]> = (0..10.min(nn.len()))
                 .flat_map(|i| [samples.row(i), splits.train.images.row(nn[i].1)])
                 .collect();
-            let file = if name == "ancestral" {
+            let file = if name.starts_with("ancestral") {
                 "nearest_ancestral.png"
             } else {
                 "nearest_refined.png"
@@ -318,7 +344,7 @@ pub fn parzen_run(
             parzen_test: test.mean,
             parzen_test_stderr: test.stderr,
             frechet,
-            nearest_train_median: d[d.len() / 2],
+            nearest_train_median: median,
             near_copies: copies,
         });
     }
@@ -342,17 +368,21 @@ pub fn parzen_run(
         "copies"
     );
     for r in &rows {
+        let (nn, copies) = match (r.nearest_train_median, r.near_copies) {
+            (Some(d), Some(c)) => (format!("{d:.2}"), format!("{:.1}%", 100.0 * c)),
+            _ => ("-".into(), "-".into()),
+        };
         let _ = writeln!(
             table,
-            "{:<48} {:>6.3} {:>10.1} {:>9.1} ± {:<4.1} {:>9.2} {:>12.2} {:>7.1}%",
+            "{:<48} {:>6.3} {:>10.1} {:>9.1} ± {:<4.1} {:>9.2} {:>12} {:>8}",
             r.samples,
             r.sigma,
             r.parzen_val,
             r.parzen_test,
             r.parzen_test_stderr,
             r.frechet,
-            r.nearest_train_median,
-            100.0 * r.near_copies
+            nn,
+            copies
         );
     }
     let _ = writeln!(
@@ -403,7 +433,7 @@ pub fn inpaint_run(
     mask: Mask,
     settings: &Inpainting,
 ) -> Result<(String, InpaintReport)> {
-    let (model, splits) = load(dir)?;
+    let (model, splits, _) = load(dir)?;
     let Inpainting {
         dynamics,
         steps,

@@ -17,9 +17,71 @@ use rand_distr::StandardNormal;
 /// Rows processed at a time (bounds the working memory).
 const CHUNK: usize = 500;
 
+/// The top prior that ancestral sampling draws h_L from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prior {
+    /// The paper's: the checkpoint's diagonal Gaussian (the codes' mean and variance).
+    Diagonal,
+    /// Ours: a full-covariance Gaussian of the inferred top codes of training
+    /// images, keeping the correlations between top units that a diagonal
+    /// prior throws away. `chol` is the n x n lower Cholesky factor, row-major.
+    Full { mean: Vec<f32>, chol: Vec<f32> },
+}
+
+/// Which prior a sampler uses (the full one is fitted when needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriorKind {
+    Diagonal,
+    Full,
+}
+
+/// Fits [`Prior::Full`] to the top codes that `d` infers for `images`.
+pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
+    let top = model.depth();
+    let n = model.sizes[top];
+    let mut codes = Matrix::zeros(images.rows, n);
+    let mut h: Vec<Matrix> = model
+        .sizes
+        .iter()
+        .map(|&m| Matrix::zeros(CHUNK, m))
+        .collect();
+    let mut scratch = Scratch::new(&model.sizes, CHUNK);
+    for r0 in (0..images.rows).step_by(CHUNK) {
+        let rows = CHUNK.min(images.rows - r0);
+        h[0].set_rows(rows);
+        h[0].data
+            .copy_from_slice(&images.data[r0 * images.cols..(r0 + rows) * images.cols]);
+        inference::feed_forward(model, &mut h);
+        inference::infer(model, &mut h, d, &mut scratch, None, None);
+        codes.data[r0 * n..(r0 + rows) * n].copy_from_slice(&h[top].data[..rows * n]);
+    }
+    let (mean, cov) = super::evaluate::moments(&codes);
+    // A small ridge keeps the factor defined when a unit never moves.
+    let ridge =
+        faer::Mat::<f64>::from_fn(n, n, |i, j| cov[(i, j)] + if i == j { 1e-6 } else { 0.0 });
+    let llt = ridge
+        .llt(faer::Side::Lower)
+        .expect("a covariance plus a ridge is positive definite");
+    let l = llt.L();
+    Prior::Full {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        chol: (0..n * n)
+            .map(|p| {
+                if p % n <= p / n {
+                    l[(p / n, p % n)] as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    }
+}
+
 /// How samples are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampler {
+    /// Diagonal (the paper's) or full-covariance top prior.
+    pub prior: PriorKind,
     /// The prior's variance is the codes' variance times this (the paper: 4).
     pub prior_scale: f32,
     /// Refinement rounds after the ancestral pass (the paper: 3).
@@ -34,6 +96,7 @@ impl Sampler {
     /// The paper's generation settings.
     pub fn paper() -> Self {
         Sampler {
+            prior: PriorKind::Diagonal,
             prior_scale: 4.0,
             rounds: 3,
             dynamics: Dynamics {
@@ -47,21 +110,40 @@ impl Sampler {
     }
 }
 
-/// `count` ancestral samples (one row each, pixels in [0, 1]).
-pub fn ancestral(model: &Model, count: usize, prior_scale: f32, rng: &mut ChaCha8Rng) -> Matrix {
+/// `count` ancestral samples (one row each, pixels in [0, 1]); the prior's
+/// covariance is scaled by `prior_scale`.
+pub fn ancestral(
+    model: &Model,
+    prior: &Prior,
+    count: usize,
+    prior_scale: f32,
+    rng: &mut ChaCha8Rng,
+) -> Matrix {
     let top = model.depth();
     let n_top = model.sizes[top];
     let mut x = Matrix::zeros(count, model.sizes[0]);
     let mut h: Vec<Matrix> = model.sizes.iter().map(|&n| Matrix::zeros(0, n)).collect();
     let act = model.activation(top);
+    let mut z = vec![0.0f32; n_top];
+    let root = prior_scale.sqrt();
     for r0 in (0..count).step_by(CHUNK) {
         let rows = CHUNK.min(count - r0);
         h[top].set_rows(rows);
         for row in h[top].data.chunks_exact_mut(n_top) {
-            for (j, v) in row.iter_mut().enumerate() {
-                let std = (prior_scale * model.prior_var[j]).sqrt();
-                let z: f32 = rng.sample(StandardNormal);
-                *v = act.clamp(model.prior_mean[j] + std * z);
+            z.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+            match prior {
+                Prior::Diagonal => {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let std = model.prior_var[j].sqrt();
+                        *v = act.clamp(model.prior_mean[j] + root * std * z[j]);
+                    }
+                }
+                Prior::Full { mean, chol } => {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let lz: f32 = (0..=j).map(|i| chol[j * n_top + i] * z[i]).sum();
+                        *v = act.clamp(mean[j] + root * lz);
+                    }
+                }
             }
         }
         for k in (1..=top).rev() {

@@ -1020,7 +1020,7 @@ fn gradcheck_cmd(
 
 fn presets_cmd() -> Result<()> {
     println!(
-        "{:<18} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} learning rates",
+        "{:<30} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} learning rates",
         "preset", "layers", "free", "nudged", "beta", "epochs", "batch"
     );
     for name in config::PRESETS {
@@ -1034,7 +1034,7 @@ fn presets_cmd() -> Result<()> {
             }
         };
         println!(
-            "{:<18} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} {:?}",
+            "{:<30} {:<22} {:>5} {:>6} {:>5} {:>6} {:>5} {:?}",
             name,
             layers.join("-"),
             ep(c.free_steps.to_string()),
@@ -1049,7 +1049,10 @@ fn presets_cmd() -> Result<()> {
         "\neqprop-*: epsilon 0.5, beta's sign random per mini-batch, persistent particles, Glorot init,\n\
          no shuffling. Validation and test are scored from rest and, as the paper's code does, warm\n\
          (each example's free phase starting from its fixed point of the previous epoch).\n\
-         backprop-*: the same layers, hard-sigmoid units, cost and epochs, trained by backprop and SGD."
+         backprop-*: the same layers, hard-sigmoid units, cost and epochs, trained by backprop and SGD.\n\
+         generative-*: Bengio et al. (2015): softplus hidden and sigmoid top units, each layer pair a\n\
+         denoising auto-encoder (Adam at the rates shown), INFERENCE N=15, delta=0.1, alpha=0.001\n\
+         before every update; see `plasticity sample`, `infer`, `parzen` and `inpaint`."
     );
     Ok(())
 }

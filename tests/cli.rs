@@ -1,12 +1,11 @@
 //! The binary as a user runs it: training, determinism, resume, eval, and
 //! every kind of bad input ending in one plain line (never a panic).
 
-use assert_cmd::Command;
-use std::path::Path;
+mod common;
 
-fn plasticity() -> Command {
-    Command::cargo_bin("plasticity").unwrap()
-}
+use assert_cmd::Command;
+use common::{metrics, plasticity};
+use std::path::Path;
 
 /// A smoke run on real MNIST: 300 training and 200 validation/test examples.
 fn smoke(out: &Path, extra: &[&str]) -> std::process::Output {
@@ -17,25 +16,6 @@ fn smoke(out: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for key in [
-                "epoch_seconds",
-                "train_seconds",
-                "examples_per_second",
-                "train_gflops",
-            ] {
-                v.as_object_mut().unwrap().remove(key);
-            }
-            v
-        })
-        .collect()
 }
 
 /// Runs the binary, expects failure with one plain `error:` line containing `needle`.

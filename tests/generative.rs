@@ -2,12 +2,10 @@
 //! (learning, determinism, resume), then sample, infer, parzen and inpaint on
 //! the trained run, and their plain errors on the wrong kind of run.
 
-use assert_cmd::Command;
-use std::path::Path;
+mod common;
 
-fn plasticity() -> Command {
-    Command::cargo_bin("plasticity").unwrap()
-}
+use common::{metrics, plasticity};
+use std::path::Path;
 
 /// 1,000 MNIST digits, 200 for validation and test, a small model.
 fn train(out: &Path, epochs: &str, resume: bool) {
@@ -25,25 +23,6 @@ fn train(out: &Path, epochs: &str, resume: bool) {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for key in [
-                "epoch_seconds",
-                "train_seconds",
-                "examples_per_second",
-                "train_gflops",
-            ] {
-                v.as_object_mut().unwrap().remove(key);
-            }
-            v
-        })
-        .collect()
 }
 
 fn small_config(dir: &Path) {

@@ -155,14 +155,8 @@ pub fn infer_run(
             top_down,
             noise: 0.0,
         };
-        let mut h: Vec<Matrix> = model
-            .sizes
-            .iter()
-            .map(|&n| Matrix::zeros(x.rows, n))
-            .collect();
-        h[0].data.copy_from_slice(&x.data);
+        let mut h = inference::encode(&model, &x);
         let mut scratch = Scratch::new(&model.sizes, x.rows);
-        inference::feed_forward(&model, &mut h);
         let (mut log_p, mut log_p_x) = (Vec::new(), Vec::new());
         for t in 0..=steps {
             if t > 0 {
@@ -201,27 +195,35 @@ pub fn infer_run(
         );
     }
     write_atomic(&out.join("inference.csv"), csv.as_bytes())?;
-    let lines: Vec<Series> = series
-        .iter()
-        .zip(&names)
-        .enumerate()
-        .map(|(i, (s, name))| Series {
-            name,
-            points: s
-                .log_p
-                .iter()
-                .enumerate()
-                .map(|(t, &v)| (t as f64, v))
-                .collect(),
-            color: PALETTE[i % PALETTE.len()],
-        })
-        .collect();
+    let curves = |pick: fn(&TraceSeries) -> &Vec<f64>| -> Vec<Series> {
+        series
+            .iter()
+            .zip(&names)
+            .enumerate()
+            .map(|(i, (s, name))| Series {
+                name,
+                points: pick(s)
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &v)| (t as f64, v))
+                    .collect(),
+                color: PALETTE[i % PALETTE.len()],
+            })
+            .collect()
+    };
     linear_chart(
         &out.join("inference.png"),
         "log p(x, h) during inference (test digits)",
         "INFERENCE iteration",
         "mean log p(x, h) (nats)",
-        &lines,
+        &curves(|s| &s.log_p),
+    )?;
+    linear_chart(
+        &out.join("inference_x.png"),
+        "log p(x | h1) during inference (test digits)",
+        "INFERENCE iteration",
+        "mean log p(x | h1) (nats)",
+        &curves(|s| &s.log_p_x),
     )?;
     write_json(
         &out.join("inference.json"),

@@ -99,13 +99,7 @@ pub fn merge(truth: &Matrix, seen: &Matrix, fill: &[f32]) -> Matrix {
 
 /// The feed-forward baseline: up through every encoder, down through every decoder.
 pub fn feed_forward_fill(model: &Model, x: &Matrix) -> Matrix {
-    let mut h: Vec<Matrix> = model
-        .sizes
-        .iter()
-        .map(|&n| Matrix::zeros(x.rows, n))
-        .collect();
-    h[0].data.copy_from_slice(&x.data);
-    inference::feed_forward(model, &mut h);
+    let mut h = inference::encode(model, x);
     for k in (1..=model.depth()).rev() {
         let (below, above) = h.split_at_mut(k);
         model.dec[k - 1].forward(above[0].view(), &mut below[k - 1]);

@@ -48,6 +48,18 @@ impl Scratch {
     }
 }
 
+/// The states of every layer for images `x`: x itself, then its feed-forward codes.
+pub fn encode(model: &Model, x: &Matrix) -> Vec<Matrix> {
+    let mut h: Vec<Matrix> = model
+        .sizes
+        .iter()
+        .map(|&n| Matrix::zeros(x.rows, n))
+        .collect();
+    h[0].data.copy_from_slice(&x.data);
+    feed_forward(model, &mut h);
+    h
+}
+
 /// h_k = f_k(h_{k-1}) for every hidden layer, from `h[0]`.
 pub fn feed_forward(model: &Model, h: &mut [Matrix]) {
     for k in 1..h.len() {

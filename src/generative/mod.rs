@@ -115,16 +115,7 @@ impl Model {
     pub fn parameters(&self) -> Vec<NamedTensor<'_>> {
         let mut out = Vec::new();
         for (name, m) in self.named() {
-            out.push(NamedTensor::new(
-                format!("{name}.weight"),
-                vec![m.inputs(), m.outputs()],
-                &m.w.data,
-            ));
-            out.push(NamedTensor::new(
-                format!("{name}.bias"),
-                vec![m.outputs()],
-                &m.b,
-            ));
+            push_affine(&mut out, &name, &m.w, &m.b);
         }
         let n = self.prior_mean.len();
         out.push(NamedTensor::new(
@@ -143,20 +134,8 @@ impl Model {
     pub fn parameters_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         let mut out = Vec::new();
         for (k, (e, d)) in self.enc.iter_mut().zip(self.dec.iter_mut()).enumerate() {
-            for (name, m) in [(format!("f{}", k + 1), e), (format!("g{}", k + 1), d)] {
-                let shape = vec![m.inputs(), m.outputs()];
-                let n = m.outputs();
-                out.push(NamedTensorMut::new(
-                    format!("{name}.weight"),
-                    shape,
-                    &mut m.w.data,
-                ));
-                out.push(NamedTensorMut::new(
-                    format!("{name}.bias"),
-                    vec![n],
-                    &mut m.b,
-                ));
-            }
+            push_affine_mut(&mut out, &format!("f{}", k + 1), &mut e.w, &mut e.b);
+            push_affine_mut(&mut out, &format!("g{}", k + 1), &mut d.w, &mut d.b);
         }
         let n = self.prior_mean.len();
         out.push(NamedTensorMut::new(
@@ -198,6 +177,36 @@ impl Model {
             noise: 0.0,
         }
     }
+}
+
+/// Names an affine map's weight and bias (or their gradients or moments)
+/// `{name}.weight` and `{name}.bias`, for checkpoints.
+fn push_affine<'a>(out: &mut Vec<NamedTensor<'a>>, name: &str, w: &'a Matrix, b: &'a [f32]) {
+    out.push(NamedTensor::new(
+        format!("{name}.weight"),
+        vec![w.rows, w.cols],
+        &w.data,
+    ));
+    out.push(NamedTensor::new(format!("{name}.bias"), vec![b.len()], b));
+}
+
+fn push_affine_mut<'a>(
+    out: &mut Vec<NamedTensorMut<'a>>,
+    name: &str,
+    w: &'a mut Matrix,
+    b: &'a mut [f32],
+) {
+    let shape = vec![w.rows, w.cols];
+    out.push(NamedTensorMut::new(
+        format!("{name}.weight"),
+        shape,
+        &mut w.data,
+    ));
+    out.push(NamedTensorMut::new(
+        format!("{name}.bias"),
+        vec![b.len()],
+        b,
+    ));
 }
 
 /// `out = u + noise`, Gaussian with std `level` times u's root mean square
@@ -554,20 +563,8 @@ impl Learner for Generative {
         let mut out = vec![NamedTensor::new("adam.step".into(), vec![1], &self.steps)];
         for (k, (e, d)) in self.adam.iter().enumerate() {
             for (name, a) in [(format!("f{}", k + 1), e), (format!("g{}", k + 1), d)] {
-                for (moment, g) in [("m", &a.m), ("v", &a.v)] {
-                    let shape = vec![g.w.rows, g.w.cols];
-                    let n = g.b.len();
-                    out.push(NamedTensor::new(
-                        format!("adam.{moment}.{name}.weight"),
-                        shape,
-                        &g.w.data,
-                    ));
-                    out.push(NamedTensor::new(
-                        format!("adam.{moment}.{name}.bias"),
-                        vec![n],
-                        &g.b,
-                    ));
-                }
+                push_affine(&mut out, &format!("adam.m.{name}"), &a.m.w, &a.m.b);
+                push_affine(&mut out, &format!("adam.v.{name}"), &a.v.w, &a.v.b);
             }
         }
         out
@@ -581,20 +578,8 @@ impl Learner for Generative {
         )];
         for (k, (e, d)) in self.adam.iter_mut().enumerate() {
             for (name, a) in [(format!("f{}", k + 1), e), (format!("g{}", k + 1), d)] {
-                for (moment, g) in [("m", &mut a.m), ("v", &mut a.v)] {
-                    let shape = vec![g.w.rows, g.w.cols];
-                    let n = g.b.len();
-                    out.push(NamedTensorMut::new(
-                        format!("adam.{moment}.{name}.weight"),
-                        shape,
-                        &mut g.w.data,
-                    ));
-                    out.push(NamedTensorMut::new(
-                        format!("adam.{moment}.{name}.bias"),
-                        vec![n],
-                        &mut g.b,
-                    ));
-                }
+                push_affine_mut(&mut out, &format!("adam.m.{name}"), &mut a.m.w, &mut a.m.b);
+                push_affine_mut(&mut out, &format!("adam.v.{name}"), &mut a.v.w, &mut a.v.b);
             }
         }
         out

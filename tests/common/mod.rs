@@ -1,0 +1,29 @@
+//! Helpers shared by the integration tests that run the binary.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::path::Path;
+
+pub fn plasticity() -> Command {
+    Command::cargo_bin("plasticity").unwrap()
+}
+
+/// A run's metrics.jsonl, less the wall-clock fields (for determinism checks).
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for key in [
+                "epoch_seconds",
+                "train_seconds",
+                "examples_per_second",
+                "train_gflops",
+            ] {
+                v.as_object_mut().unwrap().remove(key);
+            }
+            v
+        })
+        .collect()
+}

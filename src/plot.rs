@@ -159,7 +159,7 @@ pub fn image_grid(
     let grid_rows = images.len().div_ceil(cols).max(1);
     let cell = side as u32 * scale + 2;
     let title_h = 34;
-    let width = (cols as u32 * cell + 2).max(360);
+    let width = (cols as u32 * cell + 2).max(9 * title.len() as u32 + 12);
     let height = grid_rows as u32 * cell + 2 + title_h;
     let tmp = path.with_extension("png.tmp.png");
     {

@@ -321,8 +321,10 @@ pub fn parzen_run(
             d.sort_by(f64::total_cmp);
             median = Some(d[d.len() / 2]);
             copies = Some(nn.iter().filter(|p| p.0 < copy_line).count() as f64 / nn.len() as f64);
-            let pairs: Vec<&[f32]> = (0..10.min(nn.len()))
-                .flat_map(|i| [samples.row(i), splits.train.images.row(nn[i].1)])
+            let shown = 10.min(nn.len());
+            let pairs: Vec<&[f32]> = (0..shown)
+                .map(|i| samples.row(i))
+                .chain((0..shown).map(|i| splits.train.images.row(nn[i].1)))
                 .collect();
             let file = if name.starts_with("ancestral") {
                 "nearest_ancestral.png"
@@ -330,14 +332,8 @@ pub fn parzen_run(
                 "nearest_refined.png"
             };
             std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
-            image_grid(
-                &out.join(file),
-                "sample | nearest training image",
-                &pairs,
-                SIDE,
-                2,
-                2,
-            )?;
+            let title = format!("{name}: samples (top), nearest training images (bottom)");
+            image_grid(&out.join(file), &title, &pairs, SIDE, shown, 2)?;
         }
         rows.push(QualityRow {
             samples: name,

@@ -153,6 +153,19 @@ fn trains_learns_resumes_and_its_commands_run() {
             .unwrap();
     assert_eq!(r["model"].as_array().unwrap().len(), 3);
     assert!(a.join("inpaint_bottom-half.png").exists());
+    // The classifier must be an EP run, not a generative one.
+    let out = plasticity()
+        .args(["inpaint", "--classifier"])
+        .arg(&a)
+        .arg("--run")
+        .arg(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds a generative model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -189,6 +202,12 @@ fn generative_commands_refuse_other_runs_plainly() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let out = plasticity()
+        .args(["parzen", "--count", "0", "--run"])
+        .arg(&ep)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--count must be at least 1"));
     let bad = tmp.path().join("bad.toml");
     std::fs::write(
         &bad,

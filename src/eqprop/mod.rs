@@ -219,6 +219,13 @@ impl EqProp {
 /// The network saved in run directory `dir`'s checkpoint, with the run's config.
 pub fn load_run(dir: &std::path::Path) -> Result<(Config, Network)> {
     let cfg = crate::train::read_run_config(dir)?;
+    if cfg.algorithm == crate::config::Algorithm::Generative {
+        return Err(crate::Error::Config(format!(
+            "{} holds a generative model, not a network of EP's layers; give an EP \
+             run such as results/eqprop-mnist-1h",
+            dir.display()
+        )));
+    }
     let lean = Config {
         persistent_particles: false,
         eval_warm: false,

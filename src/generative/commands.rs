@@ -20,6 +20,13 @@ use std::path::Path;
 
 const SIDE: usize = 28;
 
+fn need_some(count: usize) -> Result<()> {
+    if count == 0 {
+        return Err(crate::Error::Config("--count must be at least 1".into()));
+    }
+    Ok(())
+}
+
 fn load(dir: &Path) -> Result<(Model, Splits, crate::config::Config)> {
     let (cfg, model) = Model::load_run(dir)?;
     let splits = crate::train::load_data(&crate::config::Config {
@@ -63,6 +70,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// `plasticity sample`: a grid of ancestral samples, the same samples after
 /// the refinement, and chains over rounds (one chain per row).
 pub fn sample_run(dir: &Path, out: &Path, s: &Sampler, count: usize, seed: u64) -> Result<String> {
+    need_some(count)?;
     let (model, splits, cfg) = load(dir)?;
     std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -145,6 +153,7 @@ pub fn infer_run(
     steps: usize,
     count: usize,
 ) -> Result<String> {
+    need_some(count)?;
     let (model, splits, _) = load(dir)?;
     let x = first_rows(&splits.test.images, count);
     let mut series = Vec::new();
@@ -264,6 +273,7 @@ pub fn parzen_run(
     count: usize,
     seed: u64,
 ) -> Result<(String, Vec<QualityRow>)> {
+    need_some(count)?;
     let (model, splits, cfg) = load(dir)?;
     let (ccfg, net) = crate::eqprop::load_run(classifier)?;
     let features = |m: &Matrix| crate::eqprop::free_states(&ccfg, &net, m);
@@ -431,6 +441,7 @@ pub fn inpaint_run(
     mask: Mask,
     settings: &Inpainting,
 ) -> Result<(String, InpaintReport)> {
+    need_some(settings.count)?;
     let (model, splits, _) = load(dir)?;
     let Inpainting {
         dynamics,

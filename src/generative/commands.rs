@@ -306,8 +306,11 @@ pub fn parzen_run(
         (format!("ancestral, {kind} prior"), &ancestral),
         (
             format!(
-                "refined: {} rounds, alpha {}, corruption {}",
-                refined.rounds, refined.dynamics.top_down, refined.corruption
+                "refined: {} rounds, alpha {}, corruption {}, noise {}",
+                refined.rounds,
+                refined.dynamics.top_down,
+                refined.corruption,
+                refined.dynamics.noise
             ),
             &better,
         ),
@@ -365,7 +368,7 @@ pub fn parzen_run(
     let mut table = format!(
         "{count} samples; Parzen sigma chosen on the 10,000 validation images; Frechet distance \
          to the test set on the features of {}\n\
-         {:<48} {:>6} {:>10} {:>16} {:>9} {:>12} {:>8}\n",
+         {:<56} {:>6} {:>10} {:>16} {:>9} {:>12} {:>8}\n",
         classifier.display(),
         "samples",
         "sigma",
@@ -382,7 +385,7 @@ pub fn parzen_run(
         };
         let _ = writeln!(
             table,
-            "{:<48} {:>6.3} {:>10.1} {:>9.1} ± {:<4.1} {:>9.2} {:>12} {:>8}",
+            "{:<56} {:>6.3} {:>10.1} {:>9.1} ± {:<4.1} {:>9.2} {:>12} {:>8}",
             r.samples,
             r.sigma,
             r.parzen_val,

@@ -432,7 +432,7 @@ impl Generative {
     /// Mean and spread (the mean over units of the std across examples) of
     /// each hidden layer in `h`: codes that grow without bound, or a top layer
     /// that is the same for every digit, show here first.
-    fn layer_statistics(model: &Model, h: &[Matrix], out: &mut Vec<(String, f64)>) {
+    fn layer_statistics(h: &[Matrix], out: &mut Vec<(String, f64)>) {
         for (k, layer) in h.iter().enumerate().skip(1) {
             let (rows, n) = (layer.rows, layer.cols);
             let mut mean = vec![0.0f64; n];
@@ -454,7 +454,6 @@ impl Generative {
             ));
             out.push((format!("h{k}_spread"), spread));
         }
-        let _ = model;
     }
 }
 
@@ -547,7 +546,7 @@ impl Learner for Generative {
             "inferred",
             inference::log_joint_terms(&self.model, &w.h, &mut w.scratch),
         );
-        Self::layer_statistics(&self.model, &w.h, &mut out);
+        Self::layer_statistics(&w.h, &mut out);
         out
     }
 

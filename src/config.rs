@@ -465,15 +465,9 @@ impl Config {
         if self.learning_rates.iter().any(|r| !r.is_finite()) {
             return bad("learning_rates must be finite".into());
         }
-        for (name, v) in [
-            ("batch_size", self.batch_size),
-            ("threads", self.threads),
-            ("eval_block", self.eval_block),
-            ("free_steps", self.free_steps),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
+        self.validate_counts()?;
+        if self.free_steps == 0 {
+            return bad("free_steps must be at least 1".into());
         }
         if self.nudging == Nudging::Symmetric && self.nudged_update == NudgedUpdate::Continuous {
             return bad("nudged_update = \"continuous\" works with one nudged phase; use nudging = \"random-sign\" or \"positive\"".into());
@@ -508,8 +502,25 @@ impl Config {
                 self.tolerance
             ));
         }
+        Ok(())
+    }
+
+    /// The checks every algorithm shares: the counts that must be positive, the thread cap.
+    fn validate_counts(&self) -> Result<()> {
+        for (name, v) in [
+            ("batch_size", self.batch_size),
+            ("threads", self.threads),
+            ("eval_block", self.eval_block),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
         if self.threads > 256 {
-            return bad(format!("threads = {} is more than 256", self.threads));
+            return Err(Error::Config(format!(
+                "threads = {} is more than 256",
+                self.threads
+            )));
         }
         Ok(())
     }
@@ -535,9 +546,7 @@ impl Config {
         if !(g.inference_rate.is_finite() && g.top_down.is_finite()) {
             return bad("inference_rate and top_down must be finite".into());
         }
-        if self.batch_size == 0 || self.threads == 0 || self.eval_block == 0 {
-            return bad("batch_size, threads and eval_block must be at least 1".into());
-        }
+        self.validate_counts()?;
         if self.device != Device::Cpu {
             return bad("the generative model runs on the CPU only; use --device cpu".into());
         }

@@ -193,7 +193,8 @@ enum Command {
         /// Encode/decode steps (each runs INFERENCE).
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// alpha of the INFERENCE in each step (the paper's training value: 0.001).
+        /// alpha of the INFERENCE in each step (the paper's training value: 0.001;
+        /// N and delta are the run's).
         #[arg(long, default_value_t = 0.001)]
         alpha: f32,
         #[arg(long, default_value_t = 1000)]
@@ -396,12 +397,7 @@ fn main() -> ExitCode {
         }) => in_pool(threads, || {
             let out = out.unwrap_or_else(|| run.clone());
             let settings = generative::commands::Inpainting {
-                dynamics: generative::inference::Dynamics {
-                    steps: 15,
-                    rate: 0.1,
-                    top_down: alpha,
-                    noise: 0.0,
-                },
+                top_down: alpha,
                 steps,
                 count,
                 seed,
@@ -710,11 +706,7 @@ fn parse_pair(p: &str) -> Result<(f32, f32)> {
 
 /// Runs `f` on a pool of `threads` workers (the GEMMs split across them).
 fn in_pool(threads: usize, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?
-        .install(f)
+    train::thread_pool(threads.max(1))?.install(f)
 }
 
 fn stdp_cmd(out: &std::path::Path, seed: u64, experiments: usize, seconds: f64) -> Result<()> {
@@ -1065,10 +1057,7 @@ fn bench_cmd(
     json: bool,
     no_kernels: bool,
 ) -> Result<()> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+    let pool = train::thread_pool(threads)?;
     let rows = pool.install(|| -> Result<Vec<bench::Row>> {
         let one = bench::peak_gflops_one_core();
         let peak = bench::peak_gflops(threads);

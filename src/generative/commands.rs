@@ -426,8 +426,8 @@ pub struct InpaintReport {
 /// How `inpaint_run` imputes.
 #[derive(Clone, Copy, Debug)]
 pub struct Inpainting {
-    /// The INFERENCE of each encode/decode step.
-    pub dynamics: Dynamics,
+    /// alpha of each encode/decode step's INFERENCE (the rest is the run's own).
+    pub top_down: f32,
     /// Encode/decode steps.
     pub steps: usize,
     /// Test digits used (the first ones).
@@ -445,13 +445,17 @@ pub fn inpaint_run(
     settings: &Inpainting,
 ) -> Result<(String, InpaintReport)> {
     need_some(settings.count)?;
-    let (model, splits, _) = load(dir)?;
+    let (model, splits, cfg) = load(dir)?;
     let Inpainting {
-        dynamics,
+        top_down,
         steps,
         count,
         seed,
     } = *settings;
+    let dynamics = Dynamics {
+        top_down,
+        ..Model::dynamics(&cfg.generative())
+    };
     let truth = first_rows(&splits.test.images, count);
     let labels = &splits.test.labels[..truth.rows];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -117,11 +117,9 @@ pub fn frechet(m1: &[f64], c1: &Mat<f64>, m2: &[f64], c2: &Mat<f64>) -> f64 {
         .self_adjoint_eigen(Side::Lower)
         .expect("covariance eigendecomposition");
     let (u, s) = (evd.U(), evd.S().column_vector());
-    let root = Mat::<f64>::from_fn(d, d, |i, j| {
-        (0..d)
-            .map(|k| u[(i, k)] * s[k].max(0.0).sqrt() * u[(j, k)])
-            .sum()
-    });
+    // c1^1/2 = U S^1/2 U^T, as (U S^1/4)(U S^1/4)^T.
+    let half = Mat::<f64>::from_fn(d, d, |i, k| u[(i, k)] * s[k].max(0.0).sqrt().sqrt());
+    let root = &half * half.transpose();
     let inner = &root * c2 * &root;
     let inner = Mat::<f64>::from_fn(d, d, |i, j| 0.5 * (inner[(i, j)] + inner[(j, i)]));
     let cross: f64 = inner

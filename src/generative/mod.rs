@@ -381,52 +381,33 @@ impl Generative {
                 *o = (a - b) / rows;
             }
         };
-        match self.settings.pair_training {
-            PairTraining::Dae => {
-                // L = 1/2 |g(corrupt(f(corrupt(u)))) - u|^2; the code noise passes
-                // its gradient straight through (it is additive given the code).
-                enc.forward(p.noisy_in.view(), &mut p.code);
-                corrupt_code(&p.code, &mut p.noisy_code, rng);
-                dec.forward(p.noisy_code.view(), &mut p.rec);
-                residual(&mut p.d_rec, &p.rec, u);
-                dec.backward(
-                    p.noisy_code.view(),
-                    &p.rec,
-                    &mut p.d_rec,
-                    &mut p.dec_grad,
-                    Some(&mut p.d_code),
-                );
-                enc.backward(
-                    p.noisy_in.view(),
-                    &p.code,
-                    &mut p.d_code,
-                    &mut p.enc_grad,
-                    None,
-                );
-            }
-            PairTraining::Local => {
-                // Decoder: g(corrupt(v)) toward u. Encoder: f(corrupt(u)) toward v.
-                corrupt_code(v, &mut p.noisy_code, rng);
-                dec.forward(p.noisy_code.view(), &mut p.rec);
-                residual(&mut p.d_rec, &p.rec, u);
-                dec.backward(
-                    p.noisy_code.view(),
-                    &p.rec,
-                    &mut p.d_rec,
-                    &mut p.dec_grad,
-                    None,
-                );
-                enc.forward(p.noisy_in.view(), &mut p.code);
-                residual(&mut p.d_code, &p.code, v);
-                enc.backward(
-                    p.noisy_in.view(),
-                    &p.code,
-                    &mut p.d_code,
-                    &mut p.enc_grad,
-                    None,
-                );
-            }
+        // Dae: L = 1/2 |g(corrupt(f(corrupt(u)))) - u|^2, its gradient through g
+        // into f (the code noise passes it straight through: additive given the
+        // code). Local: the decoder fits g(corrupt(v)) to u, the encoder
+        // f(corrupt(u)) to v, each loss its own.
+        let dae = self.settings.pair_training == PairTraining::Dae;
+        enc.forward(p.noisy_in.view(), &mut p.code);
+        corrupt_code(if dae { &p.code } else { v }, &mut p.noisy_code, rng);
+        dec.forward(p.noisy_code.view(), &mut p.rec);
+        residual(&mut p.d_rec, &p.rec, u);
+        let d_code = dae.then_some(&mut p.d_code);
+        dec.backward(
+            p.noisy_code.view(),
+            &p.rec,
+            &mut p.d_rec,
+            &mut p.dec_grad,
+            d_code,
+        );
+        if !dae {
+            residual(&mut p.d_code, &p.code, v);
         }
+        enc.backward(
+            p.noisy_in.view(),
+            &p.code,
+            &mut p.d_code,
+            &mut p.enc_grad,
+            None,
+        );
     }
 
     /// Mean and spread (the mean over units of the std across examples) of
@@ -492,11 +473,7 @@ impl Learner for Generative {
             inference::feed_forward(&self.model, &mut w.h);
             inference::infer(&self.model, &mut w.h, &d, &mut w.scratch, None, None);
             self.model.dec[0].forward(w.h[1].view(), &mut w.scratch.rec[0]);
-            let s = reconstruction_stats(&w.h[0], &w.scratch.rec[0]);
-            total.examples += s.examples;
-            total.errors += s.errors;
-            total.cost += s.cost;
-            total.trials += s.trials;
+            total += reconstruction_stats(&w.h[0], &w.scratch.rec[0]);
         }
         total
     }

@@ -30,6 +30,15 @@ pub struct Stats {
     pub trials: usize,
 }
 
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.examples += o.examples;
+        self.errors += o.errors;
+        self.cost += o.cost;
+        self.trials += o.trials;
+    }
+}
+
 impl Stats {
     pub fn error_rate(&self) -> f64 {
         let out_of = if self.trials > 0 {
@@ -259,7 +268,8 @@ pub fn build_learner(cfg: &Config, counts: [usize; 3]) -> Result<Box<dyn Learner
     })
 }
 
-fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+/// A rayon pool of `threads` workers, or a plain error naming the count.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -383,10 +393,7 @@ fn run_epochs(
                     what: "state",
                 });
             }
-            train.examples += s.examples;
-            train.errors += s.errors;
-            train.cost += s.cost;
-            train.trials += s.trials;
+            train += s;
             progress.batch_done(train.examples, train.errors);
         }
         learner.sync_host()?;

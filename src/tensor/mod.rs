@@ -116,13 +116,14 @@ impl<'a> View<'a> {
 
     /// Columns `c0..c1` (a strided view).
     pub fn cols_view(&self, c0: usize, c1: usize) -> View<'a> {
-        let len = if self.rows == 0 {
-            0
+        // A view of no rows holds no data (its slice may be empty even for c0 > 0).
+        let data = if self.rows == 0 {
+            &self.data[..0]
         } else {
-            (self.rows - 1) * self.stride + (c1 - c0)
+            &self.data[c0..c0 + (self.rows - 1) * self.stride + (c1 - c0)]
         };
         View {
-            data: &self.data[c0..c0 + len],
+            data,
             rows: self.rows,
             cols: c1 - c0,
             stride: self.stride,

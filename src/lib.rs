@@ -18,6 +18,7 @@ pub mod error;
 pub mod generative;
 pub mod gradcheck;
 pub mod node_perturbation;
+pub mod optim;
 pub mod plot;
 pub mod rl;
 pub mod spiking;

@@ -204,6 +204,33 @@ enum Command {
         #[arg(long, default_value_t = config::default_threads())]
         threads: usize,
     },
+    /// Reinforcement learning on CartPole-v1: an actor-critic (PPO) whose actor and
+    /// critic are EP networks (no backprop anywhere), or its backprop twin. Runs
+    /// every method x seed (in parallel over --threads); each run writes config.toml,
+    /// episodes.jsonl (one JSON line per episode) and returns.png to --out/<method>-seed<N>,
+    /// and the sweep writes summary.csv and returns.png to --out.
+    Rl {
+        /// The environment: cartpole (CartPole-v1's dynamics, limits and 500-step cap).
+        #[arg(long, default_value = "cartpole")]
+        env: String,
+        /// How weights learn from the output nudges: ep, backprop, or both (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "ep", value_parser = ["ep", "backprop"])]
+        method: Vec<String>,
+        /// Seeds, comma-separated (environment, init, actions, minibatches).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        seed: Vec<u64>,
+        /// Episodes per run.
+        #[arg(long, default_value_t = 1000)]
+        episodes: usize,
+        /// TOML file overriding the agent's settings (keys of a run's [agent] table).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "runs/rl-cartpole")]
+        out: PathBuf,
+        /// Runs at once (each is single-threaded and deterministic by seed).
+        #[arg(long, default_value_t = config::default_threads())]
+        threads: usize,
+    },
     /// List the presets and their hyperparameters.
     Presets,
     /// STDP from dW = S_pre dV_post/dt: the Bi & Poo pairing protocol and random
@@ -411,6 +438,15 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Some(Command::Presets) => presets_cmd(),
+        Some(Command::Rl {
+            env,
+            method,
+            seed,
+            episodes,
+            config,
+            out,
+            threads,
+        }) => rl_cmd(env, &method, &seed, episodes, config, &out, threads),
         Some(Command::Stdp {
             out,
             seed,
@@ -1007,6 +1043,67 @@ fn gradcheck_cmd(
         "wrote {}/gradcheck.csv and gradcheck_<weights>.png",
         out.display()
     );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rl_cmd(
+    env: String,
+    methods: &[String],
+    seeds: &[u64],
+    episodes: usize,
+    config: Option<PathBuf>,
+    out: &std::path::Path,
+    threads: usize,
+) -> Result<()> {
+    use plasticity::rl::actor_critic::Method;
+    use plasticity::rl::run::{self, RunConfig};
+    use rayon::prelude::*;
+    let agent = run::settings_from(config.as_deref())?;
+    let mut configs = Vec::new();
+    for m in methods {
+        let method = if m == "ep" {
+            Method::EqProp
+        } else {
+            Method::Backprop
+        };
+        for &seed in seeds {
+            configs.push(RunConfig {
+                env: env.clone(),
+                method,
+                seed,
+                episodes,
+                agent: agent.clone(),
+            });
+        }
+    }
+    let bars = indicatif::MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} eps {per_sec} {msg}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let summaries = train::thread_pool(threads)?.install(|| {
+        configs
+            .par_iter()
+            .map(|cfg| {
+                let bar = bars.add(ProgressBar::new(episodes as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!(
+                    "{} seed {}",
+                    run::method_name(cfg.method),
+                    cfg.seed
+                ));
+                let dir = run::run_dir(out, cfg.method, cfg.seed);
+                let summary = run::run(cfg, &dir, |e| {
+                    bar.set_position(e.episode as u64);
+                    bar.set_message(format!("return {:>3} mean100 {:.1}", e.ret, e.mean100));
+                })?;
+                bar.finish();
+                Ok(summary)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    print!("{}", run::write_sweep(out, &summaries)?);
     Ok(())
 }
 

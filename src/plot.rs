@@ -253,16 +253,21 @@ where
     for s in series {
         let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(&keep).collect();
         let color = s.color;
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(s.name)
-            .legend(move |(x, y)| {
+        let dense = pts.len() > 100;
+        // Dense curves (an RL run's episodes) as thin lines without markers.
+        let line = LineSeries::new(pts.clone(), color.stroke_width(if dense { 1 } else { 2 }));
+        let drawn = chart.draw_series(line).map_err(|e| e.to_string())?;
+        // Curves without a name share the legend entry of a named one.
+        if !s.name.is_empty() {
+            drawn.label(s.name).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| e.to_string())?;
+        }
+        if !dense {
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
     }
     chart
         .configure_series_labels()

@@ -519,3 +519,79 @@ fn divergence_stops_with_epoch_and_layer() {
         "{stderr}"
     );
 }
+
+#[test]
+fn rl_writes_each_run_and_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rl");
+    let res = plasticity()
+        .args([
+            "rl",
+            "--method",
+            "ep,backprop",
+            "--seed",
+            "2",
+            "--episodes",
+            "4",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.contains("\nep,2,4,never,") && csv.contains("\nbackprop,2,4,never,"),
+        "{csv}"
+    );
+    assert!(out.join("returns.png").exists());
+    for run in ["ep-seed2", "backprop-seed2"] {
+        let lines = std::fs::read_to_string(out.join(run).join("episodes.jsonl")).unwrap();
+        let eps: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(eps.len(), 4);
+        assert!(eps.iter().all(|e| e["return"].as_f64().unwrap() >= 1.0));
+        assert!(out.join(run).join("returns.png").exists());
+        let cfg = std::fs::read_to_string(out.join(run).join("config.toml")).unwrap();
+        assert!(cfg.contains("seed = 2") && cfg.contains("[agent]"), "{cfg}");
+    }
+}
+
+#[test]
+fn rl_bad_input_is_one_plain_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rl");
+    fails_with(
+        plasticity()
+            .args(["rl", "--env", "pendulum", "--episodes", "1"])
+            .arg("--out")
+            .arg(&out),
+        "unknown environment",
+    );
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "gama = 0.9\n").unwrap();
+    fails_with(
+        plasticity()
+            .args(["rl", "--episodes", "1", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "gama",
+    );
+    std::fs::write(&cfg, "hidden = []\n").unwrap();
+    fails_with(
+        plasticity()
+            .args(["rl", "--episodes", "1", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out),
+        "hidden",
+    );
+}

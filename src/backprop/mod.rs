@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::data::Dataset;
 use crate::eqprop::Network;
 use crate::error::Result;
-use crate::tensor::{Matrix, Op, gemm, kernels};
+use crate::tensor::{Matrix, Op, View, gemm, kernels};
 use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
 use rand_chacha::ChaCha8Rng;
 
@@ -60,6 +60,149 @@ pub struct Backprop {
 
 fn rho_prime(a: f32) -> f32 {
     if (0.0..=1.0).contains(&a) { 1.0 } else { 0.0 }
+}
+
+/// h_{k+1} = rho(h_k W_k + b_{k+1}) for the first `rows` rows of `w.acts[0]`.
+fn propagate(net: &Network, w: &mut Work, rows: usize) {
+    for k in 0..net.weights.len() {
+        let n = net.sizes[k + 1];
+        let (lower, upper) = w.acts.split_at_mut(k + 1);
+        let pre = w.pre[k + 1].view_mut().split_rows(rows).0;
+        gemm(
+            pre,
+            false,
+            1.0,
+            lower[k].rows_view(0, rows),
+            Op::N,
+            net.weights[k].view(),
+            Op::N,
+        );
+        let pre = &mut w.pre[k + 1].data[..rows * n];
+        kernels::add_bias_rows(pre, &net.biases[k]);
+        for (h, &a) in upper[0].data[..rows * n].iter_mut().zip(pre.iter()) {
+            *h = kernels::clip01(a);
+        }
+    }
+}
+
+/// delta_k = (delta_{k+1} W_k^T) * rho'(a_k) for every hidden layer, from the
+/// output's delta.
+fn hidden_deltas(net: &Network, w: &mut Work, rows: usize) {
+    let depth = net.weights.len();
+    for k in (1..depth).rev() {
+        let n = net.sizes[k];
+        let (lower, upper) = w.delta.split_at_mut(k + 1);
+        let dk = lower[k].view_mut().split_rows(rows).0;
+        gemm(
+            dk,
+            false,
+            1.0,
+            upper[0].rows_view(0, rows),
+            Op::N,
+            net.weights[k].view(),
+            Op::T,
+        );
+        for (d, &a) in lower[k].data[..rows * n]
+            .iter_mut()
+            .zip(&w.pre[k].data[..rows * n])
+        {
+            *d *= rho_prime(a);
+        }
+    }
+}
+
+/// Adds scale(k) * h_k^T delta_{k+1} to W_k and scale(k) * sum_rows delta_{k+1}
+/// to b_{k+1} of `into` (an SGD step, or a gradient into a zeroed network).
+fn add_gradients(w: &Work, rows: usize, scale: impl Fn(usize) -> f32, into: &mut Network) {
+    for k in 0..into.weights.len() {
+        let scale = scale(k);
+        gemm(
+            into.weights[k].view_mut(),
+            true,
+            scale,
+            w.acts[k].rows_view(0, rows),
+            Op::T,
+            w.delta[k + 1].rows_view(0, rows),
+            Op::N,
+        );
+        let n = into.sizes[k + 1];
+        for r in 0..rows {
+            for (b, &d) in into.biases[k]
+                .iter_mut()
+                .zip(&w.delta[k + 1].data[r * n..(r + 1) * n])
+            {
+                *b += scale * d;
+            }
+        }
+    }
+}
+
+/// A network of `net`'s shapes with every parameter 0 (a gradient accumulator).
+pub fn zeroed(net: &Network) -> Network {
+    Network {
+        sizes: net.sizes.clone(),
+        weights: net
+            .weights
+            .iter()
+            .map(|w| Matrix::zeros(w.rows, w.cols))
+            .collect(),
+        biases: net.biases.iter().map(|b| vec![0.0; b.len()]).collect(),
+    }
+}
+
+/// Backprop on inputs and output gradients that the caller supplies (the
+/// reinforcement-learning twin of an EP network): a forward pass, then the
+/// gradient of a loss whose derivative at the outputs the caller gives.
+pub struct Passes {
+    work: Work,
+    rows: usize,
+}
+
+impl Passes {
+    /// Room for `cap` rows at a time.
+    pub fn new(sizes: &[usize], cap: usize) -> Self {
+        Passes {
+            work: Work::new(sizes, cap),
+            rows: 0,
+        }
+    }
+
+    /// The outputs of `net` for the rows of `x`.
+    pub fn forward(&mut self, net: &Network, x: View) -> View<'_> {
+        let rows = x.rows;
+        assert!(
+            rows <= self.work.target.rows,
+            "more rows than the passes have room for"
+        );
+        for i in 0..rows {
+            self.work.acts[0].row_mut(i).copy_from_slice(x.row(i));
+        }
+        propagate(net, &mut self.work, rows);
+        self.rows = rows;
+        self.work.acts.last().unwrap().rows_view(0, rows)
+    }
+
+    /// Sets `grad` to d/dtheta of the mean over the rows of the last forward
+    /// pass of a loss whose derivative at the outputs is `dy` (one row each).
+    pub fn gradient(&mut self, net: &Network, dy: View, grad: &mut Network) {
+        let (rows, depth) = (self.rows, net.weights.len());
+        let w = &mut self.work;
+        let n = net.sizes[depth];
+        for i in 0..rows {
+            let pre = &w.pre[depth].data[i * n..(i + 1) * n];
+            for ((d, &g), &a) in w.delta[depth].row_mut(i).iter_mut().zip(dy.row(i)).zip(pre) {
+                *d = g * rho_prime(a);
+            }
+        }
+        hidden_deltas(net, w, rows);
+        for m in &mut grad.weights {
+            m.fill(0.0);
+        }
+        for b in &mut grad.biases {
+            b.fill(0.0);
+        }
+        add_gradients(w, rows, |_| 1.0 / rows as f32, grad);
+    }
 }
 
 impl Backprop {
@@ -122,25 +265,7 @@ impl Backprop {
             t.fill(0.0);
             t[data.labels[e] as usize % n_out] = 1.0;
         }
-        for k in 0..net.weights.len() {
-            let n = net.sizes[k + 1];
-            let (lower, upper) = w.acts.split_at_mut(k + 1);
-            let pre = w.pre[k + 1].view_mut().split_rows(rows).0;
-            gemm(
-                pre,
-                false,
-                1.0,
-                lower[k].rows_view(0, rows),
-                Op::N,
-                net.weights[k].view(),
-                Op::N,
-            );
-            let pre = &mut w.pre[k + 1].data[..rows * n];
-            kernels::add_bias_rows(pre, &net.biases[k]);
-            for (h, &a) in upper[0].data[..rows * n].iter_mut().zip(pre.iter()) {
-                *h = kernels::clip01(a);
-            }
-        }
+        propagate(net, w, rows);
         let out = w.acts.last().unwrap();
         for (i, e) in idx.enumerate() {
             let row = &out.data[i * n_out..(i + 1) * n_out];
@@ -157,31 +282,9 @@ impl Backprop {
         let rows = idx.len();
         Self::forward(&self.net, &mut self.train, data, idx.iter().copied());
         self.backward(rows);
-        let w = &self.train;
-        let mut dw = Vec::new();
-        let mut db = Vec::new();
-        for k in 0..self.net.weights.len() {
-            let (n_in, n_out) = (self.net.sizes[k], self.net.sizes[k + 1]);
-            let mut g = Matrix::zeros(n_in, n_out);
-            gemm(
-                g.view_mut(),
-                false,
-                1.0 / rows as f32,
-                w.acts[k].rows_view(0, rows),
-                Op::T,
-                w.delta[k + 1].rows_view(0, rows),
-                Op::N,
-            );
-            dw.push(g);
-            let mut b = vec![0.0; n_out];
-            for r in 0..rows {
-                for (bj, &d) in b.iter_mut().zip(w.delta[k + 1].row(r)) {
-                    *bj += d / rows as f32;
-                }
-            }
-            db.push(b);
-        }
-        (dw, db)
+        let mut grad = zeroed(&self.net);
+        add_gradients(&self.train, rows, |_| 1.0 / rows as f32, &mut grad);
+        (grad.weights, grad.biases)
     }
 
     /// Fills `delta` from the forward pass's activations.
@@ -205,26 +308,7 @@ impl Backprop {
                 *d = (h - y) * mv * rho_prime(a);
             }
         }
-        for k in (1..depth).rev() {
-            let n = self.net.sizes[k];
-            let (lower, upper) = w.delta.split_at_mut(k + 1);
-            let dk = lower[k].view_mut().split_rows(rows).0;
-            gemm(
-                dk,
-                false,
-                1.0,
-                upper[0].rows_view(0, rows),
-                Op::N,
-                self.net.weights[k].view(),
-                Op::T,
-            );
-            for (d, &a) in lower[k].data[..rows * n]
-                .iter_mut()
-                .zip(&w.pre[k].data[..rows * n])
-            {
-                *d *= rho_prime(a);
-            }
-        }
+        hidden_deltas(&self.net, w, rows);
     }
 }
 
@@ -237,28 +321,13 @@ impl Learner for Backprop {
             (errors, cost) = self.reward_targets(data, indices, rng);
         }
         self.backward(rows);
-        let w = &self.train;
-        for k in 0..self.net.weights.len() {
-            let scale = -self.learning_rates[k] / rows as f32;
-            gemm(
-                self.net.weights[k].view_mut(),
-                true,
-                scale,
-                w.acts[k].rows_view(0, rows),
-                Op::T,
-                w.delta[k + 1].rows_view(0, rows),
-                Op::N,
-            );
-            let n = self.net.sizes[k + 1];
-            for r in 0..rows {
-                for (b, &d) in self.net.biases[k]
-                    .iter_mut()
-                    .zip(&w.delta[k + 1].data[r * n..(r + 1) * n])
-                {
-                    *b += scale * d;
-                }
-            }
-        }
+        let rates = &self.learning_rates;
+        add_gradients(
+            &self.train,
+            rows,
+            |k| -rates[k] / rows as f32,
+            &mut self.net,
+        );
         Stats {
             examples,
             errors,

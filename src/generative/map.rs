@@ -4,6 +4,7 @@
 //! chain rule inside one map only; a layer pair chains its own two maps
 //! (`super::Pair`), and nothing chains maps of different pairs.
 
+use crate::optim::adam_step;
 use crate::tensor::{Matrix, Op, View, par_gemm};
 use rand::RngExt;
 
@@ -142,10 +143,6 @@ pub struct Adam {
 }
 
 impl Adam {
-    const BETA1: f32 = 0.9;
-    const BETA2: f32 = 0.999;
-    const EPS: f32 = 1e-8;
-
     pub fn new(map: &Map) -> Self {
         Adam {
             m: map.zero_grad(),
@@ -155,21 +152,15 @@ impl Adam {
 
     /// One step of rate `lr`; `t` is the 1-based step count (bias correction).
     pub fn step(&mut self, map: &mut Map, grad: &MapGrad, lr: f32, t: f32) {
-        let c1 = 1.0 - Self::BETA1.powf(t);
-        let c2 = 1.0 - Self::BETA2.powf(t);
-        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
-                *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
-                *p -= lr * (*m / c1) / ((*v / c2).sqrt() + Self::EPS);
-            }
-        };
-        update(
+        let (m, v) = (&mut self.m, &mut self.v);
+        adam_step(
             &mut map.w.data,
             &grad.w.data,
-            &mut self.m.w.data,
-            &mut self.v.w.data,
+            &mut m.w.data,
+            &mut v.w.data,
+            lr,
+            t,
         );
-        update(&mut map.b, &grad.b, &mut self.m.b, &mut self.v.b);
+        adam_step(&mut map.b, &grad.b, &mut m.b, &mut v.b, lr, t);
     }
 }

@@ -114,6 +114,11 @@ impl<'a> View<'a> {
         self.data[i * self.stride + j]
     }
 
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..i * self.stride + self.cols]
+    }
+
     /// Columns `c0..c1` (a strided view).
     pub fn cols_view(&self, c0: usize, c1: usize) -> View<'a> {
         // A view of no rows holds no data (its slice may be empty even for c0 > 0).

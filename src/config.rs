@@ -77,6 +77,18 @@ pub enum NudgedUpdate {
     Continuous,
 }
 
+/// Which gradient an EP network follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gradient {
+    /// EP's estimate: the contrast of the free and nudged equilibria (the paper).
+    #[default]
+    Ep,
+    /// The exact gradient of the loss at the free fixed point, by recurrent
+    /// backprop (an ablation: what the model costs, apart from EP's estimate).
+    RecurrentBackprop,
+}
+
 /// What nudges EP's output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -139,6 +151,9 @@ pub struct Config {
     pub explore: Vec<f32>,
     #[serde(default)]
     pub nudged_update: NudgedUpdate,
+    /// EP's estimate, or the exact gradient at the free fixed point.
+    #[serde(default)]
+    pub gradient: Gradient,
     #[serde(default)]
     pub relaxation: Relaxation,
     /// Stop a phase once a step changes no state by more than this (0: run every step).
@@ -256,6 +271,7 @@ pub fn preset(name: &str) -> Result<Config> {
         learning_rates: rates,
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
+        gradient: Gradient::Ep,
         task: Task::Supervised,
         noise: default_noise(),
         explore: default_explore(),
@@ -299,16 +315,23 @@ pub fn preset(name: &str) -> Result<Config> {
             vec![0.128, 0.032, 0.008, 0.002],
             500,
         )),
-        // MNIST as a contextual bandit: the 1h settings, a reward nudge instead of the label.
+        // MNIST as a contextual bandit: the 1h settings, a reward nudge instead of the
+        // label, and contexts as a bandit meets them: in a new random order each epoch,
+        // and with no memory per image (persistent particles would need to recognise
+        // an image seen before, which is the label's job in all but name).
         "eqprop-mnist-bandit" => Ok(Config {
             preset: name.to_string(),
             task: Task::Bandit,
+            shuffle: true,
+            persistent_particles: false,
+            eval_warm: false,
             ..preset("eqprop-mnist-1h")?
         }),
         // Backprop on the same bandit: the upper bound for a learner that sees only rewards.
         "backprop-mnist-bandit" => Ok(Config {
             preset: name.to_string(),
             task: Task::Bandit,
+            shuffle: true,
             ..preset("backprop-mnist-1h")?
         }),
         // The classic three-factor rule on the same bandit.
@@ -317,8 +340,6 @@ pub fn preset(name: &str) -> Result<Config> {
             algorithm: Algorithm::NodePerturbation,
             // The best of 1e-4, 3e-4, 1e-3 and 3e-3 (results/bandit/COMMAND).
             learning_rates: vec![1e-4, 1e-4],
-            persistent_particles: false,
-            eval_warm: false,
             ..preset("eqprop-mnist-bandit")?
         }),
         // The paper's generative model (DESIGN §7): 784-1000 softplus-100 sigmoid,
@@ -483,6 +504,9 @@ impl Config {
                  lower |beta| below 1 or use nudging = \"positive\"",
                 self.beta, self.nudging
             ));
+        }
+        if self.gradient == Gradient::RecurrentBackprop && self.task == Task::Bandit {
+            return bad("gradient = \"recurrent-backprop\" is for task = \"supervised\"".into());
         }
         if self.task == Task::Bandit {
             if self.explore.len() != 2 || self.explore.iter().any(|e| !(0.0..=1.0).contains(e)) {

@@ -595,3 +595,35 @@ fn rl_bad_input_is_one_plain_line() {
         "hidden",
     );
 }
+
+#[test]
+fn the_exact_gradient_learner_trains_and_refuses_the_bandit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rbp.toml");
+    std::fs::write(&cfg, "gradient = \"recurrent-backprop\"\nepochs = 1\n").unwrap();
+    let out = smoke(
+        &dir.path().join("rbp"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = metrics(&dir.path().join("rbp"));
+    assert_eq!(m.len(), 1);
+    assert!(m[0]["val_error"].as_f64().unwrap() < 0.9);
+    std::fs::write(
+        &cfg,
+        "preset = \"eqprop-mnist-bandit\"\ngradient = \"recurrent-backprop\"\n",
+    )
+    .unwrap();
+    fails_with(
+        plasticity()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(dir.path().join("b")),
+        "recurrent-backprop",
+    );
+}

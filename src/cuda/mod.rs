@@ -79,6 +79,9 @@ pub fn check_supported(cfg: &Config) -> Result<()> {
     if cfg.task == crate::config::Task::Bandit {
         return refuse("task = \"bandit\"");
     }
+    if cfg.gradient != crate::config::Gradient::Ep {
+        return refuse("gradient = \"recurrent-backprop\"");
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! them to the training loop through the `Learner` trait.
 
 pub mod dynamics;
+pub mod exact;
 pub mod gradient;
 pub mod learning;
 pub mod network;
@@ -32,6 +33,7 @@ pub struct Settings {
     pub learning_rates: Vec<f32>,
     pub nudging: Nudging,
     pub nudged_update: NudgedUpdate,
+    pub gradient: crate::config::Gradient,
     pub relaxation: crate::config::Relaxation,
     pub tolerance: f32,
     pub persistent_particles: bool,
@@ -59,7 +61,12 @@ impl Settings {
         } else {
             1
         };
-        let steps = self.free_steps + nudged_phases * self.nudged_steps;
+        // The exact gradient replaces the nudged phases by as many adjoint iterations
+        // as free steps, plus one pass for the clip masks (each costs a step's GEMMs).
+        let steps = match self.gradient {
+            crate::config::Gradient::Ep => self.free_steps + nudged_phases * self.nudged_steps,
+            crate::config::Gradient::RecurrentBackprop => 2 * self.free_steps + 1,
+        };
         // Update: x^T (s1^b - s1^0) is one GEMM; the other W_k take two.
         let update = input + step;
         let train = input + steps as f64 * step + update;
@@ -94,6 +101,7 @@ impl Settings {
             learning_rates: c.learning_rates.clone(),
             nudging: c.nudging,
             nudged_update: c.nudged_update,
+            gradient: c.gradient,
             relaxation: c.relaxation,
             tolerance: c.tolerance,
             persistent_particles: c.persistent_particles,
@@ -110,6 +118,8 @@ pub struct EqProp {
     pub net: Network,
     pub settings: Settings,
     blocks: Vec<Block>,
+    /// With the exact gradient: each block's recurrent-backprop adjoint.
+    adjoints: Vec<exact::Adjoint>,
     eval_blocks: Vec<Block>,
     /// `particles[k - 1]` holds layer k's free state of every training example.
     particles: Vec<Matrix>,
@@ -162,6 +172,12 @@ impl EqProp {
             b
         };
         let blocks = (0..threads).map(|_| block(cap)).collect();
+        let adjoints = match settings.gradient {
+            crate::config::Gradient::Ep => Vec::new(),
+            crate::config::Gradient::RecurrentBackprop => (0..threads)
+                .map(|_| exact::Adjoint::new(&net.sizes, cap))
+                .collect(),
+        };
         let eval_blocks = (0..threads).map(|_| block(cfg.eval_block)).collect();
         let particles = if settings.persistent_particles {
             net.sizes[1..]
@@ -175,6 +191,7 @@ impl EqProp {
             net,
             settings,
             blocks,
+            adjoints,
             eval_blocks,
             particles,
             warm,
@@ -400,6 +417,25 @@ impl EqProp {
         }
     }
 
+    /// Recurrent backprop at the free fixed points, as many iterations as free
+    /// steps, and an SGD step down the exact gradient (same rates as EP).
+    fn follow_exact_gradient(&mut self, batch: usize) {
+        let (net, s) = (&self.net, &self.settings);
+        self.adjoints
+            .par_iter_mut()
+            .zip(&self.blocks)
+            .for_each(|(a, b)| a.run(net, b, s.free_steps, s.epsilon));
+        let (rates, eps) = (&self.settings.learning_rates, self.settings.epsilon);
+        exact::apply(
+            &mut self.net,
+            &self.blocks,
+            &self.adjoints,
+            eps,
+            rates,
+            batch,
+        );
+    }
+
     /// The nudged phase(s) from the free states and EP's update.
     fn nudge_and_learn(&mut self, beta: f32, batch: usize) {
         let s = &self.settings;
@@ -492,7 +528,11 @@ impl Learner for EqProp {
         }
         self.free_phase(data, indices, true);
         self.keep_particles(indices);
-        self.nudge_and_learn(beta, indices.len());
+        if self.settings.gradient == crate::config::Gradient::RecurrentBackprop {
+            self.follow_exact_gradient(indices.len());
+        } else {
+            self.nudge_and_learn(beta, indices.len());
+        }
         self.blocks.iter().fold(Stats::default(), |acc, b| Stats {
             examples: acc.examples + b.rows,
             errors: acc.errors + b.errors,

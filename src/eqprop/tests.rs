@@ -523,3 +523,63 @@ fn a_bandit_run_is_deterministic_by_seed() {
     assert_eq!(run(7), run(7));
     assert_ne!(run(7).1, run(8).1, "exploration should depend on the seed");
 }
+
+#[test]
+fn batched_recurrent_backprop_matches_the_per_example_reference() {
+    let (mut net, mut block) = setup(5, 21);
+    // Small weights keep most units inside (0, 1), so the adjoint reaches every layer.
+    for w in &mut net.weights {
+        w.data.iter_mut().for_each(|v| *v *= 0.3);
+    }
+    for b in &mut net.biases {
+        b.iter_mut().for_each(|v| *v += 0.5);
+    }
+    block.compute_input_drive(&net);
+    block.relax(&net, Phase::Free, 300, 0.5, 0.0);
+    // A truncated recursion (17 iterations) must agree too: it is the same sum.
+    for iters in [17, 200] {
+        let mut adj = super::exact::Adjoint::new(&SIZES, 5);
+        adj.run(&net, &block, iters, 0.5);
+        let mut grad = crate::backprop::zeroed(&net);
+        let rates = vec![-1.0; net.weights.len()];
+        super::exact::apply(
+            &mut grad,
+            std::slice::from_ref(&block),
+            std::slice::from_ref(&adj),
+            0.5,
+            &rates,
+            5,
+        );
+        let mut reference = super::gradient::Grads::zeros(&net);
+        for i in 0..5 {
+            let s: Vec<Vec<f64>> = example(&block, &block.free, i)
+                .iter()
+                .map(|v| v.iter().map(|&x| x as f64).collect())
+                .collect();
+            let t: Vec<f64> = block.target.row(i).iter().map(|&x| x as f64).collect();
+            let g = super::gradient::rbp(&net, &s, &t, iters, 0.5);
+            for (r, v) in reference.weights.iter_mut().zip(&g.weights) {
+                r.iter_mut().zip(v).for_each(|(a, b)| *a += b / 5.0);
+            }
+            for (r, v) in reference.biases.iter_mut().zip(&g.biases) {
+                r.iter_mut().zip(v).for_each(|(a, b)| *a += b / 5.0);
+            }
+        }
+        for k in 0..net.weights.len() {
+            let got = grad.weights[k].data.iter().chain(&grad.biases[k]);
+            let want = reference.weights[k].iter().chain(&reference.biases[k]);
+            let mut largest = 0.0f64;
+            for (&g, &w) in got.zip(want) {
+                assert!(
+                    (g as f64 - w).abs() < 1e-6 + 1e-4 * w.abs(),
+                    "layer {k}: {g} vs {w}"
+                );
+                largest = largest.max(w.abs());
+            }
+            assert!(
+                largest > 1e-3,
+                "layer {k}: a gradient of zeros proves nothing"
+            );
+        }
+    }
+}

@@ -699,10 +699,14 @@ struct SamplerArgs {
     /// The top prior's variance is the codes' variance times this (the paper: 4).
     #[arg(long, default_value_t = 4.0)]
     prior_scale: f32,
-    /// Top prior: diagonal (the paper's, from the checkpoint) or full (ours: a
-    /// full-covariance Gaussian fitted to the inferred codes of 10,000 training images).
-    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full"])]
+    /// Top prior: diagonal (the paper's, from the checkpoint), full (ours: a
+    /// full-covariance Gaussian fitted to the inferred codes of 10,000 training images)
+    /// or mixture (ours: --components full-covariance Gaussians fitted to them by EM).
+    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full", "mixture"])]
     prior: String,
+    /// Components of the mixture prior.
+    #[arg(long, default_value_t = 10)]
+    components: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = config::default_threads())]
@@ -712,10 +716,10 @@ struct SamplerArgs {
 impl SamplerArgs {
     fn sampler(&self) -> generative::sample::Sampler {
         generative::sample::Sampler {
-            prior: if self.prior == "full" {
-                generative::sample::PriorKind::Full
-            } else {
-                generative::sample::PriorKind::Diagonal
+            prior: match self.prior.as_str() {
+                "full" => generative::sample::PriorKind::Full,
+                "mixture" => generative::sample::PriorKind::Mixture(self.components.max(1)),
+                _ => generative::sample::PriorKind::Diagonal,
             },
             prior_scale: self.prior_scale,
             rounds: self.rounds,

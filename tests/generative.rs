@@ -82,7 +82,17 @@ fn trains_learns_resumes_and_its_commands_run() {
     }
 
     let out = plasticity()
-        .args(["sample", "--count", "16", "--run"])
+        // The mixture prior (EM on the run's inferred codes) on the way.
+        .args([
+            "sample",
+            "--count",
+            "16",
+            "--prior",
+            "mixture",
+            "--components",
+            "3",
+        ])
+        .arg("--run")
         .arg(&a)
         .output()
         .unwrap();

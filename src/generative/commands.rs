@@ -39,6 +39,8 @@ fn load(dir: &Path) -> Result<(Model, Splits, crate::config::Config)> {
 
 /// Training images the full prior is fitted to (their inferred top codes).
 const PRIOR_FIT_IMAGES: usize = 10_000;
+/// EM iterations of the mixture prior's fit.
+const MIXTURE_EM_ITERATIONS: usize = 30;
 
 /// The prior `s` asks for: the full one is fitted to the inferred codes of
 /// the first training images, with the run's own INFERENCE.
@@ -49,6 +51,15 @@ fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sa
             model,
             &first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
             &Model::dynamics(&cfg.generative()),
+        ),
+        // A fixed seed: the fitted prior is part of the model, not of a sample.
+        PriorKind::Mixture(components) => sample::fit_mixture_prior(
+            model,
+            &first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
+            &Model::dynamics(&cfg.generative()),
+            components,
+            MIXTURE_EM_ITERATIONS,
+            &mut rand::SeedableRng::seed_from_u64(0),
         ),
     }
 }
@@ -299,8 +310,9 @@ pub fn parzen_run(
     let grid = evaluate::sigma_grid();
     let mut rows = Vec::new();
     let kind = match refined.prior {
-        PriorKind::Diagonal => "diagonal",
-        PriorKind::Full => "full",
+        PriorKind::Diagonal => "diagonal".to_string(),
+        PriorKind::Full => "full".to_string(),
+        PriorKind::Mixture(c) => format!("{c}-component mixture"),
     };
     let named = [
         (format!("ancestral, {kind} prior"), &ancestral),

@@ -10,6 +10,7 @@
 use super::inference::{self, Dynamics, Scratch};
 use super::{Model, corrupt_gaussian};
 use crate::tensor::Matrix;
+use faer::Mat;
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -26,6 +27,12 @@ pub enum Prior {
     /// images, keeping the correlations between top units that a diagonal
     /// prior throws away. `chol` is the n x n lower Cholesky factor, row-major.
     Full { mean: Vec<f32>, chol: Vec<f32> },
+    /// Ours: a mixture of full-covariance Gaussians (each a `Full`) fitted to
+    /// the same codes by EM, for codes that cluster (by digit, say).
+    Mixture {
+        weights: Vec<f64>,
+        components: Vec<Prior>,
+    },
 }
 
 /// Which prior a sampler uses (the full one is fitted when needed).
@@ -33,10 +40,12 @@ pub enum Prior {
 pub enum PriorKind {
     Diagonal,
     Full,
+    /// A mixture of this many full-covariance Gaussians.
+    Mixture(usize),
 }
 
-/// Fits [`Prior::Full`] to the top codes that `d` infers for `images`.
-pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
+/// The top codes that `d` infers for `images`, one row each.
+fn inferred_codes(model: &Model, images: &Matrix, d: &Dynamics) -> Matrix {
     let top = model.depth();
     let n = model.sizes[top];
     let mut codes = Matrix::zeros(images.rows, n);
@@ -55,11 +64,14 @@ pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
         inference::infer(model, &mut h, d, &mut scratch, None, None);
         codes.data[r0 * n..(r0 + rows) * n].copy_from_slice(&h[top].data[..rows * n]);
     }
-    let (mean, cov) = super::evaluate::moments(&codes);
-    // A small ridge keeps the factor defined when a unit never moves.
-    let ridge =
-        faer::Mat::<f64>::from_fn(n, n, |i, j| cov[(i, j)] + if i == j { 1e-6 } else { 0.0 });
-    let llt = ridge
+    codes
+}
+
+/// The Gaussian N(mean, cov + ridge I) as a [`Prior::Full`].
+fn gaussian(mean: &[f64], cov: &Mat<f64>, ridge: f64) -> Prior {
+    let n = mean.len();
+    let a = Mat::<f64>::from_fn(n, n, |i, j| cov[(i, j)] + if i == j { ridge } else { 0.0 });
+    let llt = a
         .llt(faer::Side::Lower)
         .expect("a covariance plus a ridge is positive definite");
     let l = llt.L();
@@ -73,6 +85,105 @@ pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
                     0.0
                 }
             })
+            .collect(),
+    }
+}
+
+/// Fits [`Prior::Full`] to the top codes that `d` infers for `images`.
+pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
+    let (mean, cov) = super::evaluate::moments(&inferred_codes(model, images, d));
+    // A small ridge keeps the factor defined when a unit never moves.
+    gaussian(&mean, &cov, 1e-6)
+}
+
+/// Fits [`Prior::Mixture`] of `components` full-covariance Gaussians to the
+/// inferred top codes of `images` by EM (Dempster et al. 1977), started from
+/// `components` codes drawn at random as means and the codes' covariance.
+/// A ridge of 1e-3 times the codes' mean variance keeps each component's
+/// covariance well conditioned.
+pub fn fit_mixture_prior(
+    model: &Model,
+    images: &Matrix,
+    d: &Dynamics,
+    components: usize,
+    iterations: usize,
+    rng: &mut ChaCha8Rng,
+) -> Prior {
+    fit_mixture(
+        &inferred_codes(model, images, d),
+        components,
+        iterations,
+        rng,
+    )
+}
+
+/// EM for a mixture of `components` full-covariance Gaussians on the rows of `codes`.
+pub fn fit_mixture(
+    codes: &Matrix,
+    components: usize,
+    iterations: usize,
+    rng: &mut ChaCha8Rng,
+) -> Prior {
+    let (n, dim) = (codes.rows, codes.cols);
+    let x = Mat::<f64>::from_fn(n, dim, |i, j| codes.data[i * dim + j] as f64);
+    let (_, cov) = super::evaluate::moments(codes);
+    let ridge = 1e-3 * (0..dim).map(|j| cov[(j, j)]).sum::<f64>() / dim as f64;
+    let mut means: Vec<Vec<f64>> = (0..components)
+        .map(|_| {
+            let r = rng.random_range(0..n);
+            (0..dim).map(|j| x[(r, j)]).collect()
+        })
+        .collect();
+    let mut covs = vec![cov.clone(); components];
+    let mut weights = vec![1.0 / components as f64; components];
+    // resp[(i, c)]: the posterior of component c for code i.
+    let mut resp = Mat::<f64>::zeros(n, components);
+    for _ in 0..iterations {
+        // E-step: log w_c + log N(x_i; mu_c, Sigma_c), normalised over c.
+        for c in 0..components {
+            let a = Mat::<f64>::from_fn(dim, dim, |i, j| {
+                covs[c][(i, j)] + if i == j { ridge } else { 0.0 }
+            });
+            let llt = a.llt(faer::Side::Lower).expect("positive definite");
+            let l = llt.L();
+            let log_det: f64 = (0..dim).map(|j| l[(j, j)].ln()).sum();
+            let mut z = Mat::<f64>::from_fn(dim, n, |j, i| x[(i, j)] - means[c][j]);
+            faer::linalg::triangular_solve::solve_lower_triangular_in_place(
+                l,
+                z.as_mut(),
+                faer::Par::Seq,
+            );
+            for i in 0..n {
+                let q: f64 = (0..dim).map(|j| z[(j, i)] * z[(j, i)]).sum();
+                resp[(i, c)] = weights[c].ln() - log_det - 0.5 * q;
+            }
+        }
+        for i in 0..n {
+            let top = (0..components)
+                .map(|c| resp[(i, c)])
+                .fold(f64::MIN, f64::max);
+            let total: f64 = (0..components).map(|c| (resp[(i, c)] - top).exp()).sum();
+            for c in 0..components {
+                resp[(i, c)] = (resp[(i, c)] - top).exp() / total;
+            }
+        }
+        // M-step: weighted weights, means and covariances.
+        for c in 0..components {
+            let mass: f64 = (0..n).map(|i| resp[(i, c)]).sum::<f64>().max(1e-12);
+            weights[c] = mass / n as f64;
+            means[c] = (0..dim)
+                .map(|j| (0..n).map(|i| resp[(i, c)] * x[(i, j)]).sum::<f64>() / mass)
+                .collect();
+            let centred = Mat::<f64>::from_fn(n, dim, |i, j| {
+                (x[(i, j)] - means[c][j]) * resp[(i, c)].sqrt()
+            });
+            covs[c] = centred.transpose() * &centred * faer::Scale(1.0 / mass);
+        }
+    }
+    Prior::Mixture {
+        weights,
+        components: (0..components)
+            .map(|c| gaussian(&means[c], &covs[c], ridge))
             .collect(),
     }
 }
@@ -131,6 +242,24 @@ pub fn ancestral(
         h[top].set_rows(rows);
         for row in h[top].data.chunks_exact_mut(n_top) {
             z.iter_mut().for_each(|v| *v = rng.sample(StandardNormal));
+            let prior = match prior {
+                Prior::Mixture {
+                    weights,
+                    components,
+                } => {
+                    let mut u = rng.random::<f64>();
+                    let mut pick = components.len() - 1;
+                    for (c, &w) in weights.iter().enumerate() {
+                        if u < w {
+                            pick = c;
+                            break;
+                        }
+                        u -= w;
+                    }
+                    &components[pick]
+                }
+                other => other,
+            };
             match prior {
                 Prior::Diagonal => {
                     for (j, v) in row.iter_mut().enumerate() {
@@ -144,6 +273,7 @@ pub fn ancestral(
                         *v = act.clamp(mean[j] + root * lz);
                     }
                 }
+                Prior::Mixture { .. } => unreachable!("a component is a Gaussian"),
             }
         }
         for k in (1..=top).rev() {

@@ -400,3 +400,41 @@ fn the_full_prior_factors_the_codes_covariance() {
         }
     }
 }
+
+#[test]
+fn em_finds_two_separated_clusters_and_their_proportions() {
+    // 300 codes near (0.2, 0.2, 0.8) and 100 near (0.8, 0.7, 0.1), spread 0.03.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let centres = [[0.2f32, 0.2, 0.8], [0.8, 0.7, 0.1]];
+    let mut data = Vec::new();
+    for i in 0..400 {
+        let c = &centres[(i >= 300) as usize];
+        data.extend(c.iter().map(|&m| m + 0.03 * rng.random_range(-1.0f32..1.0)));
+    }
+    let codes = Matrix::from_vec(400, 3, data);
+    let Prior::Mixture {
+        weights,
+        components,
+    } = sample::fit_mixture(&codes, 2, 20, &mut rng)
+    else {
+        panic!("a mixture");
+    };
+    let mut found: Vec<(f64, Vec<f32>)> = weights
+        .iter()
+        .zip(&components)
+        .map(|(&w, c)| match c {
+            Prior::Full { mean, .. } => (w, mean.clone()),
+            _ => panic!("Gaussian components"),
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(
+        (found[0].0 - 0.75).abs() < 1e-6 && (found[1].0 - 0.25).abs() < 1e-6,
+        "{found:?}"
+    );
+    for ((_, mean), centre) in found.iter().zip(&centres) {
+        for (m, c) in mean.iter().zip(centre) {
+            assert!((m - c).abs() < 0.01, "{mean:?} vs {centre:?}");
+        }
+    }
+}

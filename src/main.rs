@@ -201,6 +201,14 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Std of the noise in each hidden update (0: deterministic), which makes the
+        /// steps a Markov chain (the paper's noisy inference).
+        #[arg(long, default_value_t = 0.0)]
+        noise: f32,
+        /// Report the running mean of the chain's images (an estimate of the posterior
+        /// mean of the missing pixels) instead of its last image.
+        #[arg(long)]
+        average: bool,
         #[arg(long, default_value_t = config::default_threads())]
         threads: usize,
     },
@@ -420,6 +428,8 @@ fn main() -> ExitCode {
             alpha,
             count,
             seed,
+            noise,
+            average,
             threads,
         }) => in_pool(threads, || {
             let out = out.unwrap_or_else(|| run.clone());
@@ -428,6 +438,8 @@ fn main() -> ExitCode {
                 steps,
                 count,
                 seed,
+                noise,
+                average,
             };
             for m in &mask {
                 let m: generative::impute::Mask = m.parse()?;

@@ -444,8 +444,12 @@ pub struct Inpainting {
     pub steps: usize,
     /// Test digits used (the first ones).
     pub count: usize,
-    /// Seed of the random masks.
+    /// Seed of the random masks (and of the chain's noise).
     pub seed: u64,
+    /// Std of the noise in each hidden update of INFERENCE (0: none, deterministic).
+    pub noise: f32,
+    /// Report the running mean of the chain's images instead of its last one.
+    pub average: bool,
 }
 
 /// `plasticity inpaint`: imputation of `mask` on the first test digits.
@@ -463,9 +467,12 @@ pub fn inpaint_run(
         steps,
         count,
         seed,
+        noise,
+        average,
     } = *settings;
     let dynamics = Dynamics {
         top_down,
+        noise,
         ..Model::dynamics(&cfg.generative())
     };
     let truth = first_rows(&splits.test.images, count);
@@ -485,7 +492,19 @@ pub fn inpaint_run(
         &seen,
         &impute::feed_forward_fill(&model, &mean_filled).data,
     );
-    let trail = impute::impute(&model, &mean_filled, &seen, &dynamics, steps);
+    let trail = impute::impute(
+        &model,
+        &mean_filled,
+        &seen,
+        &dynamics,
+        steps,
+        Some(&mut rng),
+    );
+    let trail = if average {
+        impute::running_mean(&trail)
+    } else {
+        trail
+    };
     let filled = trail.last().unwrap_or(&mean_filled);
     let (ccfg, net) = crate::eqprop::load_run(classifier)?;
     let accuracy = |m: &Matrix| {

@@ -108,13 +108,15 @@ pub fn feed_forward_fill(model: &Model, x: &Matrix) -> Matrix {
 }
 
 /// Runs `steps` encode/decode steps of imputation on `start` (observed
-/// pixels already in place); returns the image after each step.
+/// pixels already in place); returns the image after each step. With noise in
+/// `d` (and `rng`), INFERENCE samples like a Markov chain, as the paper proposes.
 pub fn impute(
     model: &Model,
     start: &Matrix,
     seen: &Matrix,
     d: &Dynamics,
     steps: usize,
+    mut rng: Option<&mut ChaCha8Rng>,
 ) -> Vec<Matrix> {
     let rows = start.rows;
     let mut h: Vec<Matrix> = model
@@ -128,7 +130,7 @@ pub fn impute(
     for _ in 0..steps {
         h[0].data.copy_from_slice(&x.data);
         inference::feed_forward(model, &mut h);
-        inference::infer(model, &mut h, d, &mut scratch, None, None);
+        inference::infer(model, &mut h, d, &mut scratch, rng.as_deref_mut(), None);
         model.dec[0].forward(h[1].view(), &mut scratch.rec[0]);
         for ((v, &g), &s) in x.data.iter_mut().zip(&scratch.rec[0].data).zip(&seen.data) {
             if s == 0.0 {
@@ -136,6 +138,24 @@ pub fn impute(
             }
         }
         out.push(x.clone());
+    }
+    out
+}
+
+/// The running means of a chain's images: entry t is the mean of steps 1..=t,
+/// a Monte Carlo estimate of the posterior mean of the missing pixels (the
+/// squared-error-optimal fill) once the chain mixes.
+pub fn running_mean(trail: &[Matrix]) -> Vec<Matrix> {
+    let mut out: Vec<Matrix> = Vec::with_capacity(trail.len());
+    for (t, x) in trail.iter().enumerate() {
+        let mut m = x.clone();
+        if let Some(prev) = out.last() {
+            let w = 1.0 / (t + 1) as f32;
+            for (v, &p) in m.data.iter_mut().zip(&prev.data) {
+                *v = p + w * (*v - p);
+            }
+        }
+        out.push(m);
     }
     out
 }

@@ -331,7 +331,7 @@ fn masks_hide_what_they_say_and_imputation_keeps_the_observed_pixels() {
     let mask = Matrix::from_vec(4, 6, (0..24).map(|i| (i % 3 != 0) as u8 as f32).collect());
     let start = impute::merge(&truth, &mask, &[0.5; 6]);
     let d = Model::dynamics(&config(PairTraining::Dae).generative());
-    for x in impute::impute(&g.model, &start, &mask, &d, 3) {
+    for x in impute::impute(&g.model, &start, &mask, &d, 3, None) {
         for p in 0..24 {
             if mask.data[p] > 0.0 {
                 assert_eq!(x.data[p], truth.data[p]);
@@ -435,6 +435,24 @@ fn em_finds_two_separated_clusters_and_their_proportions() {
     for ((_, mean), centre) in found.iter().zip(&centres) {
         for (m, c) in mean.iter().zip(centre) {
             assert!((m - c).abs() < 0.01, "{mean:?} vs {centre:?}");
+        }
+    }
+}
+
+#[test]
+fn running_mean_of_a_chain_is_the_mean_of_its_first_steps() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let trail: Vec<Matrix> = (0..5)
+        .map(|_| Matrix::from_vec(2, 3, (0..6).map(|_| rng.random_range(0.0..1.0)).collect()))
+        .collect();
+    let means = impute::running_mean(&trail);
+    for (t, m) in means.iter().enumerate() {
+        for (p, &v) in m.data.iter().enumerate() {
+            let direct = trail[..=t].iter().map(|x| x.data[p] as f64).sum::<f64>() / (t + 1) as f64;
+            assert!(
+                (v as f64 - direct).abs() < 1e-6,
+                "step {t}: {v} vs {direct}"
+            );
         }
     }
 }

@@ -273,6 +273,7 @@ pub fn train(
         Matrix::zeros(s.minibatch, 1),
     );
     let (mut adv, mut returns) = (vec![0.0f32; s.rollout], vec![0.0f32; s.rollout]);
+    let mut values = vec![0.0f32; s.rollout + 1];
     loop {
         // Act.
         for t in 0..s.rollout {
@@ -312,7 +313,9 @@ pub fn train(
         }
         r.x.row_mut(s.rollout).copy_from_slice(x1.row(0));
         // Advantages by GAE from the critic's values of every state seen.
-        let values: Vec<f32> = critic.outputs(&r.x).data.iter().map(|v| v / c).collect();
+        for (v, &o) in values.iter_mut().zip(&critic.outputs(&r.x).data) {
+            *v = o / c;
+        }
         let mut running = 0.0;
         for t in (0..s.rollout).rev() {
             let go_on = if r.done[t] { 0.0 } else { 1.0 };

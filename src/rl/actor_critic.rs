@@ -25,6 +25,7 @@ use super::cartpole::CartPole;
 use super::estimator::{BackpropEstimator, EqPropEstimator, Estimator, Relaxation};
 use crate::backprop::zeroed;
 use crate::eqprop::Network;
+use crate::error::{Error, Result};
 use crate::optim::adam_step;
 use crate::tensor::Matrix;
 use rand::seq::SliceRandom;
@@ -88,6 +89,27 @@ impl Default for Settings {
                 beta: 0.01,
             },
         }
+    }
+}
+
+impl Settings {
+    /// Rejects settings the agent cannot run with.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(format!("agent settings: {m}")));
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            return bad("hidden must list at least one layer size, none 0");
+        }
+        if self.rollout == 0 || self.minibatch == 0 || self.epochs == 0 {
+            return bad("rollout, minibatch and epochs must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lambda) {
+            return bad("gamma must be in [0, 1) and lambda in [0, 1]");
+        }
+        let r = &self.relaxation;
+        if self.temperature <= 0.0 || r.beta <= 0.0 || r.epsilon <= 0.0 {
+            return bad("temperature, beta and epsilon must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -239,7 +261,8 @@ pub fn train(
     seed: u64,
     episodes: usize,
     mut on_episode: impl FnMut(&Episode),
-) -> crate::Result<Vec<Episode>> {
+) -> Result<Vec<Episode>> {
+    s.validate()?;
     if episodes == 0 {
         return Ok(Vec::new());
     }
@@ -360,7 +383,7 @@ pub fn train(
         }
         for (role, net) in [("actor", &actor.net), ("critic", &critic.net)] {
             if let Some((layer, what)) = net.first_non_finite() {
-                return Err(crate::Error::Config(format!(
+                return Err(Error::Config(format!(
                     "training diverged after {} episodes: the {role}'s {what} {layer} is not \
                      finite (NaN or inf); lower the rates, then train again",
                     log.len()

@@ -57,38 +57,15 @@ pub fn settings_from(path: Option<&Path>) -> Result<Settings> {
     for (k, v) in given {
         table.insert(k, v);
     }
-    Settings::deserialize_from(table).map_err(|e| {
-        Error::Config(format!(
-            "{}: {} (keys are those of a run's [agent] table in config.toml)",
-            path.display(),
-            e.message().trim()
-        ))
-    })
-}
-
-impl Settings {
-    fn deserialize_from(t: toml::Table) -> std::result::Result<Self, toml::de::Error> {
-        toml::Value::Table(t).try_into()
-    }
-
-    /// Rejects settings the agent cannot run with.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Config(format!("agent settings: {m}")));
-        if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return bad("hidden must list at least one layer size, none 0");
-        }
-        if self.rollout == 0 || self.minibatch == 0 || self.epochs == 0 {
-            return bad("rollout, minibatch and epochs must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lambda) {
-            return bad("gamma must be in [0, 1) and lambda in [0, 1]");
-        }
-        let r = &self.relaxation;
-        if self.temperature <= 0.0 || r.beta <= 0.0 || r.epsilon <= 0.0 {
-            return bad("temperature, beta and epsilon must be positive");
-        }
-        Ok(())
-    }
+    toml::Value::Table(table)
+        .try_into::<Settings>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "{}: {} (keys are those of a run's [agent] table in config.toml)",
+                path.display(),
+                e.message().trim()
+            ))
+        })
 }
 
 /// Trains one agent into `out` and returns its summary.

@@ -2,7 +2,6 @@
 //! gradients against finite differences, PPO's output gradient against its
 //! surrogate, determinism by seed, and that the agent learns.
 
-use plasticity::backprop::zeroed;
 use plasticity::eqprop::Network;
 use plasticity::rl::actor_critic::{self, Method, Settings, policy, ppo_output_gradient};
 use plasticity::rl::estimator::{BackpropEstimator, EqPropEstimator, Estimator, Relaxation};
@@ -48,7 +47,7 @@ fn check_against_finite_differences(est: &mut dyn Estimator, tol: f64) {
     let mut y = Matrix::zeros(0, 3);
     est.outputs(&net, x.view(), &mut y);
     assert!(y.data.iter().all(|&v| v > 0.05 && v < 0.95), "{y:?}");
-    let mut grad = zeroed(&net);
+    let mut grad = net.zeros_like();
     est.gradient(&net, dy.view(), &mut grad);
     let h = 1e-3f32;
     let (mut dot, mut nf, mut ng, mut checked) = (0.0, 0.0, 0.0, 0);

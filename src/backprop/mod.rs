@@ -137,19 +137,6 @@ fn add_gradients(w: &Work, rows: usize, scale: impl Fn(usize) -> f32, into: &mut
     }
 }
 
-/// A network of `net`'s shapes with every parameter 0 (a gradient accumulator).
-pub fn zeroed(net: &Network) -> Network {
-    Network {
-        sizes: net.sizes.clone(),
-        weights: net
-            .weights
-            .iter()
-            .map(|w| Matrix::zeros(w.rows, w.cols))
-            .collect(),
-        biases: net.biases.iter().map(|b| vec![0.0; b.len()]).collect(),
-    }
-}
-
 /// Backprop on inputs and output gradients that the caller supplies (the
 /// reinforcement-learning twin of an EP network): a forward pass, then the
 /// gradient of a loss whose derivative at the outputs the caller gives.
@@ -195,12 +182,7 @@ impl Passes {
             }
         }
         hidden_deltas(net, w, rows);
-        for m in &mut grad.weights {
-            m.fill(0.0);
-        }
-        for b in &mut grad.biases {
-            b.fill(0.0);
-        }
+        grad.zero();
         add_gradients(w, rows, |_| 1.0 / rows as f32, grad);
     }
 }
@@ -282,7 +264,7 @@ impl Backprop {
         let rows = idx.len();
         Self::forward(&self.net, &mut self.train, data, idx.iter().copied());
         self.backward(rows);
-        let mut grad = zeroed(&self.net);
+        let mut grad = self.net.zeros_like();
         add_gradients(&self.train, rows, |_| 1.0 / rows as f32, &mut grad);
         (grad.weights, grad.biases)
     }

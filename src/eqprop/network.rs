@@ -45,6 +45,26 @@ impl Network {
         Self::glorot(sizes, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed))
     }
 
+    /// A network of the same shapes with every parameter 0 (a gradient, or an
+    /// optimiser's moments).
+    pub fn zeros_like(&self) -> Self {
+        Network {
+            sizes: self.sizes.clone(),
+            weights: self
+                .weights
+                .iter()
+                .map(|w| Matrix::zeros(w.rows, w.cols))
+                .collect(),
+            biases: self.biases.iter().map(|b| vec![0.0; b.len()]).collect(),
+        }
+    }
+
+    /// Sets every parameter to 0.
+    pub fn zero(&mut self) {
+        self.weights.iter_mut().for_each(|w| w.fill(0.0));
+        self.biases.iter_mut().for_each(|b| b.fill(0.0));
+    }
+
     /// Number of layers after the input (hidden layers plus output).
     pub fn depth(&self) -> usize {
         self.sizes.len() - 1

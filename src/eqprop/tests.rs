@@ -540,7 +540,7 @@ fn batched_recurrent_backprop_matches_the_per_example_reference() {
     for iters in [17, 200] {
         let mut adj = super::exact::Adjoint::new(&SIZES, 5);
         adj.run(&net, &block, iters, 0.5);
-        let mut grad = crate::backprop::zeroed(&net);
+        let mut grad = net.zeros_like();
         let rates = vec![-1.0; net.weights.len()];
         super::exact::apply(
             &mut grad,

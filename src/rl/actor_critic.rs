@@ -23,7 +23,6 @@
 
 use super::cartpole::CartPole;
 use super::estimator::{BackpropEstimator, EqPropEstimator, Estimator, Relaxation};
-use crate::backprop::zeroed;
 use crate::eqprop::Network;
 use crate::error::{Error, Result};
 use crate::optim::adam_step;
@@ -175,8 +174,8 @@ struct NetAdam {
 impl NetAdam {
     fn new(net: &Network) -> Self {
         NetAdam {
-            m: zeroed(net),
-            v: zeroed(net),
+            m: net.zeros_like(),
+            v: net.zeros_like(),
             t: 0.0,
         }
     }
@@ -223,7 +222,7 @@ impl Learned {
         };
         Learned {
             adam: NetAdam::new(&net),
-            grad: zeroed(&net),
+            grad: net.zeros_like(),
             out: Matrix::zeros(0, *sizes.last().unwrap()),
             net,
             estimator,

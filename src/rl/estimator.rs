@@ -83,12 +83,7 @@ impl Estimator for EqPropEstimator {
             b.relax(net, phase, s.nudged_steps, s.epsilon, beta);
         }
         b.prepare_update(Phase::Nudged, Phase::NudgedNeg);
-        for m in &mut grad.weights {
-            m.fill(0.0);
-        }
-        for v in &mut grad.biases {
-            v.fill(0.0);
-        }
+        grad.zero();
         // `apply` adds rate * coef * mean(contrast); rate -1 makes it -dL/dtheta's negative.
         let rates = vec![-1.0; net.weights.len()];
         let coef = 1.0 / (2.0 * s.beta);

@@ -45,22 +45,32 @@ const MIXTURE_EM_ITERATIONS: usize = 30;
 /// The prior `s` asks for: the full one is fitted to the inferred codes of
 /// the first training images, with the run's own INFERENCE.
 fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sampler) -> Prior {
+    // What every fitted prior is fitted to: these images, inferred with these dynamics.
+    let fit_on = || {
+        (
+            first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
+            Model::dynamics(&cfg.generative()),
+        )
+    };
     match s.prior {
         PriorKind::Diagonal => Prior::Diagonal,
-        PriorKind::Full => sample::fit_full_prior(
-            model,
-            &first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
-            &Model::dynamics(&cfg.generative()),
-        ),
+        PriorKind::Full => {
+            let (images, d) = fit_on();
+            sample::fit_full_prior(model, &images, &d)
+        }
         // A fixed seed: the fitted prior is part of the model, not of a sample.
-        PriorKind::Mixture(components) => sample::fit_mixture_prior(
-            model,
-            &first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
-            &Model::dynamics(&cfg.generative()),
-            components,
-            MIXTURE_EM_ITERATIONS,
-            &mut rand::SeedableRng::seed_from_u64(0),
-        ),
+        PriorKind::Mixture(components) => {
+            let (images, d) = fit_on();
+            let mut rng = rand::SeedableRng::seed_from_u64(0);
+            sample::fit_mixture_prior(
+                model,
+                &images,
+                &d,
+                components,
+                MIXTURE_EM_ITERATIONS,
+                &mut rng,
+            )
+        }
     }
 }
 

@@ -67,14 +67,20 @@ fn inferred_codes(model: &Model, images: &Matrix, d: &Dynamics) -> Matrix {
     codes
 }
 
-/// The Gaussian N(mean, cov + ridge I) as a [`Prior::Full`].
-fn gaussian(mean: &[f64], cov: &Mat<f64>, ridge: f64) -> Prior {
-    let n = mean.len();
+/// The lower Cholesky factor of cov + ridge I.
+fn cholesky(cov: &Mat<f64>, ridge: f64) -> Mat<f64> {
+    let n = cov.nrows();
     let a = Mat::<f64>::from_fn(n, n, |i, j| cov[(i, j)] + if i == j { ridge } else { 0.0 });
     let llt = a
         .llt(faer::Side::Lower)
         .expect("a covariance plus a ridge is positive definite");
-    let l = llt.L();
+    llt.L().to_owned()
+}
+
+/// The Gaussian N(mean, cov + ridge I) as a [`Prior::Full`].
+fn gaussian(mean: &[f64], cov: &Mat<f64>, ridge: f64) -> Prior {
+    let n = mean.len();
+    let l = cholesky(cov, ridge);
     Prior::Full {
         mean: mean.iter().map(|&m| m as f32).collect(),
         chol: (0..n * n)
@@ -141,15 +147,11 @@ pub fn fit_mixture(
     for _ in 0..iterations {
         // E-step: log w_c + log N(x_i; mu_c, Sigma_c), normalised over c.
         for c in 0..components {
-            let a = Mat::<f64>::from_fn(dim, dim, |i, j| {
-                covs[c][(i, j)] + if i == j { ridge } else { 0.0 }
-            });
-            let llt = a.llt(faer::Side::Lower).expect("positive definite");
-            let l = llt.L();
+            let l = cholesky(&covs[c], ridge);
             let log_det: f64 = (0..dim).map(|j| l[(j, j)].ln()).sum();
             let mut z = Mat::<f64>::from_fn(dim, n, |j, i| x[(i, j)] - means[c][j]);
             faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-                l,
+                l.as_ref(),
                 z.as_mut(),
                 faer::Par::Seq,
             );

@@ -1078,11 +1078,7 @@ fn rl_cmd(
     let agent = run::settings_from(config.as_deref())?;
     let mut configs = Vec::new();
     for m in methods {
-        let method = if m == "ep" {
-            Method::EqProp
-        } else {
-            Method::Backprop
-        };
+        let method: Method = m.parse()?;
         for &seed in seeds {
             configs.push(RunConfig {
                 env: env.clone(),
@@ -1104,11 +1100,7 @@ fn rl_cmd(
             .map(|cfg| {
                 let bar = bars.add(ProgressBar::new(episodes as u64));
                 bar.set_style(style.clone());
-                bar.set_prefix(format!(
-                    "{} seed {}",
-                    run::method_name(cfg.method),
-                    cfg.seed
-                ));
+                bar.set_prefix(format!("{} seed {}", cfg.method.name(), cfg.seed));
                 let dir = run::run_dir(out, cfg.method, cfg.seed);
                 let summary = run::run(cfg, &dir, |e| {
                     bar.set_position(e.episode as u64);

@@ -187,3 +187,12 @@ fn all_ep_actor_critic_learns_to_balance() {
         "first 20: {first}, last 20: {last}"
     );
 }
+
+#[test]
+fn a_method_reads_back_from_its_name_and_configs_use_the_same_name() {
+    for m in [Method::EqProp, Method::Backprop] {
+        assert_eq!(m.name().parse::<Method>().unwrap(), m);
+        assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+    }
+    assert!("bptt".parse::<Method>().is_err());
+}

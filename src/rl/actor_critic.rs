@@ -40,6 +40,26 @@ pub enum Method {
     Backprop,
 }
 
+impl Method {
+    /// The name on the command line, in configs and in run directories.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::EqProp => "ep",
+            Method::Backprop => "backprop",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Method> {
+        [Method::EqProp, Method::Backprop]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::Config(format!("unknown method `{s}`; use ep or backprop")))
+    }
+}
+
 /// Hyperparameters of the agent.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -89,7 +89,7 @@ pub fn run(cfg: &RunConfig, out: &Path, on_episode: impl FnMut(&Episode)) -> Res
         lines.push('\n');
     }
     write_atomic(&out.join("episodes.jsonl"), lines.as_bytes())?;
-    let name = format!("{} seed {}", method_name(cfg.method), cfg.seed);
+    let name = format!("{} seed {}", cfg.method.name(), cfg.seed);
     plot::linear_chart(
         &out.join("returns.png"),
         &format!("CartPole-v1, {name}"),
@@ -133,16 +133,9 @@ pub fn run(cfg: &RunConfig, out: &Path, on_episode: impl FnMut(&Episode)) -> Res
     })
 }
 
-pub fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::EqProp => "ep",
-        Method::Backprop => "backprop",
-    }
-}
-
 /// Where a sweep keeps the run of `method` and `seed`.
 pub fn run_dir(out: &Path, method: Method, seed: u64) -> PathBuf {
-    out.join(format!("{}-seed{seed}", method_name(method)))
+    out.join(format!("{}-seed{seed}", method.name()))
 }
 
 /// Writes `summary.csv` and `returns.png` (every run's 100-episode mean)
@@ -155,7 +148,7 @@ pub fn write_sweep(out: &Path, summaries: &[Summary]) -> Result<String> {
     for s in summaries {
         csv += &format!(
             "{},{},{},{},{:.1},{},{:.1},{},{:.1}\n",
-            method_name(s.method),
+            s.method.name(),
             s.seed,
             s.episodes,
             s.solved_at.map_or("never".into(), |e| e.to_string()),

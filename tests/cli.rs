@@ -4,7 +4,7 @@
 mod common;
 
 use assert_cmd::Command;
-use common::{metrics, plasticity};
+use common::{metrics, plasticity, succeeds};
 use std::path::Path;
 
 /// A smoke run on real MNIST: 300 training and 200 validation/test examples.
@@ -88,15 +88,10 @@ fn resume_continues_exactly() {
     let (straight, resumed) = (tmp.path().join("s"), tmp.path().join("r"));
     assert!(smoke(&straight, &["--epochs", "3"]).status.success());
     assert!(smoke(&resumed, &["--epochs", "1"]).status.success());
-    let out = plasticity()
-        .args(["train", "--resume", "--epochs", "3", "--out"])
-        .arg(&resumed)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args(["train", "--resume", "--epochs", "3", "--out"])
+            .arg(&resumed),
     );
     assert_eq!(metrics(&straight), metrics(&resumed));
     // Weights, training particles and the warm-evaluation particles: all bit-identical.
@@ -133,15 +128,10 @@ fn resume_continues_exactly() {
 fn eval_scores_a_checkpoint_as_training_did() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = plasticity()
-        .args(["train", "--limit", "300", "--epochs", "1", "--out"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args(["train", "--limit", "300", "--epochs", "1", "--out"])
+            .arg(&run),
     );
     let trained = &metrics(&run)[0];
     for (split, key) in [("val", "val_error"), ("test", "test_error")] {
@@ -186,24 +176,19 @@ fn eval_scores_a_checkpoint_as_training_did() {
 fn backprop_baseline_trains_through_the_same_loop() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("bp");
-    let out = plasticity()
-        .args([
-            "train",
-            "--preset",
-            "backprop-mnist-1h",
-            "--limit",
-            "2000",
-            "--eval-limit",
-            "500",
-        ])
-        .args(["--epochs", "2", "--out"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args([
+                "train",
+                "--preset",
+                "backprop-mnist-1h",
+                "--limit",
+                "2000",
+                "--eval-limit",
+                "500",
+            ])
+            .args(["--epochs", "2", "--out"])
+            .arg(&run),
     );
     let m = metrics(&run);
     let val: Vec<f64> = m.iter().map(|e| e["val_error"].as_f64().unwrap()).collect();
@@ -216,15 +201,10 @@ fn backprop_baseline_trains_through_the_same_loop() {
 #[test]
 fn stdp_writes_its_window_and_fits() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = plasticity()
-        .args(["stdp", "--experiments", "2", "--seconds", "20", "--out"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        plasticity()
+            .args(["stdp", "--experiments", "2", "--seconds", "20", "--out"])
+            .arg(tmp.path()),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tau+") && text.contains("pairing"), "{text}");
@@ -246,24 +226,19 @@ fn stdp_writes_its_window_and_fits() {
 #[test]
 fn compare_runs_each_scheme_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = plasticity()
-        .args([
-            "compare",
-            "--limit",
-            "200",
-            "--eval-limit",
-            "100",
-            "--epochs",
-            "2",
-        ])
-        .args(["--schemes", "paper,even-odd-tol", "--out"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args([
+                "compare",
+                "--limit",
+                "200",
+                "--eval-limit",
+                "100",
+                "--epochs",
+                "2",
+            ])
+            .args(["--schemes", "paper,even-odd-tol", "--out"])
+            .arg(tmp.path()),
     );
     let csv = std::fs::read_to_string(tmp.path().join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
@@ -289,19 +264,14 @@ fn gradcheck_early_and_gdu_run_on_a_small_trained_net() {
     let cfg = tmp.path().join("small.toml");
     std::fs::write(&cfg, "layers = [784, 12, 10]\n").unwrap();
     let run = tmp.path().join("run");
-    let out = plasticity()
-        .args(["train", "--epochs", "1", "--config"])
-        .arg(&cfg)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args(["train", "--epochs", "1", "--config"])
+            .arg(&cfg)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
     );
     for (cmd, file) in [
         ("gradcheck", "gradcheck.csv"),
@@ -524,24 +494,19 @@ fn divergence_stops_with_epoch_and_layer() {
 fn rl_writes_each_run_and_the_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rl");
-    let res = plasticity()
-        .args([
-            "rl",
-            "--method",
-            "ep,backprop",
-            "--seed",
-            "2",
-            "--episodes",
-            "4",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
+    succeeds(
+        plasticity()
+            .args([
+                "rl",
+                "--method",
+                "ep,backprop",
+                "--seed",
+                "2",
+                "--episodes",
+                "4",
+            ])
+            .arg("--out")
+            .arg(&out),
     );
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{metrics, plasticity};
+use common::{metrics, plasticity, succeeds};
 use std::path::Path;
 
 /// 1,000 MNIST digits, 200 for validation and test, a small model.
@@ -81,52 +81,37 @@ fn trains_learns_resumes_and_its_commands_run() {
         );
     }
 
-    let out = plasticity()
-        // The mixture prior (EM on the run's inferred codes) on the way.
-        .args([
-            "sample",
-            "--count",
-            "16",
-            "--prior",
-            "mixture",
-            "--components",
-            "3",
-        ])
-        .arg("--run")
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            // The mixture prior (EM on the run's inferred codes) on the way.
+            .args([
+                "sample",
+                "--count",
+                "16",
+                "--prior",
+                "mixture",
+                "--components",
+                "3",
+            ])
+            .arg("--run")
+            .arg(&a),
     );
     for f in ["samples_ancestral.png", "samples_refined.png", "chain.png"] {
         assert!(a.join(f).exists(), "{f}");
     }
-    let out = plasticity()
-        .args(["infer", "--count", "50", "--steps", "4", "--run"])
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args(["infer", "--count", "50", "--steps", "4", "--run"])
+            .arg(&a),
     );
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("inference.json")).unwrap()).unwrap();
     assert_eq!(trace["settings"][0]["log_p"].as_array().unwrap().len(), 5);
 
-    let out = plasticity()
-        .args(["parzen", "--count", "300", "--rounds", "1", "--run"])
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args(["parzen", "--count", "300", "--rounds", "1", "--run"])
+            .arg(&a),
     );
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("parzen.json")).unwrap()).unwrap();
@@ -139,24 +124,19 @@ fn trains_learns_resumes_and_its_commands_run() {
     // Real training digits are the reference: nearer the test set than samples.
     assert!(rows[2]["frechet"].as_f64().unwrap() < rows[0]["frechet"].as_f64().unwrap());
 
-    let out = plasticity()
-        .args([
-            "inpaint",
-            "--mask",
-            "bottom-half",
-            "--count",
-            "100",
-            "--steps",
-            "3",
-            "--run",
-        ])
-        .arg(&a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        plasticity()
+            .args([
+                "inpaint",
+                "--mask",
+                "bottom-half",
+                "--count",
+                "100",
+                "--steps",
+                "3",
+                "--run",
+            ])
+            .arg(&a),
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("inpaint_bottom-half.json")).unwrap())

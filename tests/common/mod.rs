@@ -8,6 +8,17 @@ pub fn plasticity() -> Command {
     Command::cargo_bin("plasticity").unwrap()
 }
 
+/// Runs `cmd` and asserts that it succeeded, showing its stderr if not.
+pub fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A run's metrics.jsonl, less the wall-clock fields (for determinism checks).
 pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))

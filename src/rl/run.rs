@@ -37,6 +37,9 @@ pub struct Summary {
     pub final_mean100: f32,
     pub env_steps: usize,
     pub seconds: f64,
+    /// (episode, mean of the last 100 returns) for every episode: the sweep's curve.
+    #[serde(skip)]
+    pub mean100: Vec<(f64, f64)>,
 }
 
 /// The agent's settings from a TOML file of its keys (missing keys keep
@@ -90,6 +93,10 @@ pub fn run(cfg: &RunConfig, out: &Path, on_episode: impl FnMut(&Episode)) -> Res
     }
     write_atomic(&out.join("episodes.jsonl"), lines.as_bytes())?;
     let name = format!("{} seed {}", cfg.method.name(), cfg.seed);
+    let mean100: Vec<(f64, f64)> = log
+        .iter()
+        .map(|e| (e.episode as f64, e.mean100 as f64))
+        .collect();
     plot::linear_chart(
         &out.join("returns.png"),
         &format!("CartPole-v1, {name}"),
@@ -106,10 +113,7 @@ pub fn run(cfg: &RunConfig, out: &Path, on_episode: impl FnMut(&Episode)) -> Res
             },
             Series {
                 name: "mean of last 100",
-                points: log
-                    .iter()
-                    .map(|e| (e.episode as f64, e.mean100 as f64))
-                    .collect(),
+                points: mean100.clone(),
                 color: PALETTE[1],
             },
         ],
@@ -130,6 +134,7 @@ pub fn run(cfg: &RunConfig, out: &Path, on_episode: impl FnMut(&Episode)) -> Res
         final_mean100: log.last().map_or(0.0, |e| e.mean100),
         env_steps: log.last().map_or(0, |e| e.steps),
         seconds,
+        mean100,
     })
 }
 
@@ -138,13 +143,13 @@ pub fn run_dir(out: &Path, method: Method, seed: u64) -> PathBuf {
     out.join(format!("{}-seed{seed}", method.name()))
 }
 
-/// Writes `summary.csv` and `returns.png` (every run's 100-episode mean)
-/// for runs already in `out`; returns the CSV text.
+/// Writes `summary.csv` and `returns.png` (every run's 100-episode mean) to
+/// `out` for the runs summarised; returns the CSV text.
 pub fn write_sweep(out: &Path, summaries: &[Summary]) -> Result<String> {
     let mut csv = String::from(
         "method,seed,episodes,solved_at,best_mean100,worst_mean100_after,final_mean100,env_steps,seconds\n",
     );
-    let mut curves = Vec::new();
+    let mut series = Vec::new();
     for s in summaries {
         csv += &format!(
             "{},{},{},{},{:.1},{},{:.1},{},{:.1}\n",
@@ -159,35 +164,21 @@ pub fn write_sweep(out: &Path, summaries: &[Summary]) -> Result<String> {
             s.env_steps,
             s.seconds
         );
-        let path = run_dir(out, s.method, s.seed).join("episodes.jsonl");
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-        let points = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v["episode"].as_f64()?, v["mean100"].as_f64()?)))
-            .collect::<Vec<_>>();
-        let label = match s.method {
-            Method::EqProp => "EP actor and critic (each seed)",
-            Method::Backprop => "backprop twin (each seed)",
+        // One legend entry per method: its first run carries the name.
+        let first = !summaries[..series.len()]
+            .iter()
+            .any(|o| o.method == s.method);
+        let (label, color) = match s.method {
+            Method::EqProp => ("EP actor and critic (each seed)", PALETTE[0]),
+            Method::Backprop => ("backprop twin (each seed)", PALETTE[1]),
         };
-        curves.push((label.to_string(), s.method, points));
+        series.push(Series {
+            name: if first { label } else { "" },
+            points: s.mean100.clone(),
+            color,
+        });
     }
     write_atomic(&out.join("summary.csv"), csv.as_bytes())?;
-    // One legend entry per method: its first run carries the name.
-    let mut named = Vec::new();
-    let series: Vec<Series> = curves
-        .iter()
-        .map(|(name, m, points)| {
-            let first = !named.contains(m);
-            named.push(*m);
-            Series {
-                name: if first { name } else { "" },
-                points: points.clone(),
-                color: PALETTE[if *m == Method::EqProp { 0 } else { 1 }],
-            }
-        })
-        .collect();
     plot::linear_chart(
         &out.join("returns.png"),
         "CartPole-v1: mean return of the last 100 episodes",

@@ -155,7 +155,7 @@ impl EqProp {
         let states = |n: usize| -> Vec<Matrix> {
             net.sizes[1..]
                 .iter()
-                .map(|&w| Matrix::zeros(n, w))
+                .map(|&w| Matrix::zeros_resident(n, w))
                 .collect()
         };
         let warm = if cfg.eval_warm {
@@ -182,7 +182,7 @@ impl EqProp {
         let particles = if settings.persistent_particles {
             net.sizes[1..]
                 .iter()
-                .map(|&n| Matrix::zeros(n_train, n))
+                .map(|&n| Matrix::zeros_resident(n_train, n))
                 .collect()
         } else {
             Vec::new()

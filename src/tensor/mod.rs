@@ -52,6 +52,15 @@ impl Matrix {
         }
     }
 
+    /// Zeros written now, page by page. `zeros` gets lazily mapped pages from
+    /// calloc, so a large matrix (the persistent particles: 100 MB) would fault
+    /// its pages in one at a time inside the training loop, serially.
+    pub fn zeros_resident(rows: usize, cols: usize) -> Self {
+        let mut data = Vec::with_capacity(rows * cols);
+        data.resize(rows * cols, 0.0);
+        Matrix { rows, cols, data }
+    }
+
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data length");
         Matrix { rows, cols, data }
@@ -412,6 +421,13 @@ mod tests {
         gemm_reference(&mut rmid, true, 0.5, &xsub, Op::T, &d, Op::N);
         r.data[70..175].copy_from_slice(&rmid.data);
         assert!(max_abs_diff(&w, &r) < 1e-5);
+    }
+
+    #[test]
+    fn resident_zeros_are_zeros() {
+        let (a, b) = (Matrix::zeros_resident(7, 13), Matrix::zeros(7, 13));
+        assert_eq!((a.rows, a.cols), (7, 13));
+        assert_eq!(a.data, b.data);
     }
 
     #[test]

@@ -526,22 +526,27 @@ pub fn evaluate_run(
 
 /// Several runs on one chart: test error per epoch into `out` (PNG) and, where
 /// runs report it, mean reward per epoch into `out` with `_reward` added.
-/// Returns a table of their last epochs.
+/// Returns a table of their last epochs. Runs are named by their directories
+/// (variants and seeds of one preset differ only there).
 pub fn overlay(dirs: &[PathBuf], out: &Path) -> Result<String> {
     use crate::plot::{PALETTE, Series, line_chart, linear_chart};
     let runs: Vec<(String, Vec<EpochMetrics>)> = dirs
         .iter()
-        .map(|d| Ok((read_run_config(d)?.preset, read_metrics(d)?)))
+        .map(|d| {
+            read_run_config(d)?;
+            let name = d.file_name().unwrap_or(d.as_os_str());
+            Ok((name.to_string_lossy().into_owned(), read_metrics(d)?))
+        })
         .collect::<Result<_>>()?;
     let mut table = format!(
-        "{:<32} {:>6} {:>8} {:>8} {:>8} {:>8}\n",
+        "{:<48} {:>6} {:>8} {:>8} {:>8} {:>8}\n",
         "run", "epochs", "train", "val", "test", "reward"
     );
     for (name, h) in &runs {
         if let Some(m) = h.last() {
             let reward = m.mean_reward.map_or("-".into(), |r| format!("{r:.4}"));
             table += &format!(
-                "{:<32} {:>6} {:>7.2}% {:>7.2}% {:>7.2}% {:>8}\n",
+                "{:<48} {:>6} {:>7.2}% {:>7.2}% {:>7.2}% {:>8}\n",
                 name,
                 m.epoch,
                 100.0 * m.train_error,

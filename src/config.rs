@@ -101,6 +101,10 @@ pub enum Task {
     Bandit,
 }
 
+fn one() -> f32 {
+    1.0
+}
+
 fn default_noise() -> f32 {
     0.1
 }
@@ -139,6 +143,11 @@ pub struct Config {
     pub beta: f32,
     /// One learning rate per weight matrix W_k (the bias of layer k+1 shares it).
     pub learning_rates: Vec<f32>,
+    /// The rates fall linearly from `learning_rates` in the first epoch to this
+    /// multiple of them in the last (1: constant, as the paper). EP and backprop
+    /// on the CPU.
+    #[serde(default = "one")]
+    pub final_rate_scale: f32,
     pub nudging: Nudging,
     #[serde(default)]
     pub task: Task,
@@ -269,6 +278,7 @@ pub fn preset(name: &str) -> Result<Config> {
         epsilon: 0.5,
         beta,
         learning_rates: rates,
+        final_rate_scale: 1.0,
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
         gradient: Gradient::Ep,
@@ -459,6 +469,22 @@ impl Config {
                 self.layers
             ));
         }
+        if self.final_rate_scale != 1.0 {
+            if !(self.final_rate_scale.is_finite() && self.final_rate_scale >= 0.0) {
+                return bad(format!(
+                    "final_rate_scale = {} must be 0 or positive",
+                    self.final_rate_scale
+                ));
+            }
+            let supported = matches!(self.algorithm, Algorithm::Eqprop | Algorithm::Backprop);
+            if !supported || self.device != Device::Cpu {
+                return bad(
+                    "final_rate_scale (a decaying learning rate) is for algorithm = \"eqprop\" \
+                     or \"backprop\" on device = \"cpu\"; remove it"
+                        .into(),
+                );
+            }
+        }
         if self.algorithm == Algorithm::Generative {
             return self.validate_generative();
         }
@@ -527,6 +553,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The factor on every learning rate in `epoch` (1-based): linear from 1 in
+    /// the first epoch to `final_rate_scale` in the last.
+    pub fn rate_scale(&self, epoch: usize) -> f32 {
+        if self.epochs <= 1 {
+            return 1.0;
+        }
+        let t = (epoch.clamp(1, self.epochs) - 1) as f32 / (self.epochs - 1) as f32;
+        1.0 - (1.0 - self.final_rate_scale) * t
     }
 
     /// The checks every algorithm shares: the counts that must be positive, the thread cap.
@@ -697,5 +733,33 @@ mod tests {
         assert!(base.overlay(&t, "t").is_err());
         let back: Config = toml::from_str(&base.to_toml()).unwrap();
         assert_eq!(back, base);
+    }
+
+    #[test]
+    fn a_rate_schedule_is_refused_where_no_learner_follows_it() {
+        let with = |preset_name: &str, extra: &str| {
+            let t: toml::Table =
+                toml::from_str(&format!("final_rate_scale = 0.1\n{extra}")).unwrap();
+            preset(preset_name).unwrap().overlay(&t, "t")
+        };
+        assert_eq!(with("eqprop-mnist-1h", "").unwrap().final_rate_scale, 0.1);
+        assert!(with("backprop-mnist-1h", "").is_ok());
+        for (p, extra) in [
+            ("generative-mnist-2h", ""),
+            ("node-perturbation-mnist-bandit", ""),
+            ("eqprop-mnist-1h", "device = \"cuda\""),
+        ] {
+            let e = with(p, extra).unwrap_err().to_string();
+            assert!(e.contains("final_rate_scale"), "{p} {extra}: {e}");
+        }
+        let t: toml::Table = toml::from_str("final_rate_scale = -1").unwrap();
+        assert!(preset("eqprop-mnist-1h").unwrap().overlay(&t, "t").is_err());
+        // Old run directories' config.toml lack the key: constant rates.
+        let old = preset("eqprop-mnist-1h")
+            .unwrap()
+            .to_toml()
+            .replace("final_rate_scale = 1.0\n", "");
+        let c: Config = toml::from_str(&old).unwrap();
+        assert_eq!(c.final_rate_scale, 1.0);
     }
 }

@@ -50,6 +50,8 @@ pub struct Backprop {
     /// Weights and biases, laid out as EP's (`weights[k]` is W_k, `biases[k]` is b_{k+1}).
     pub net: Network,
     pub learning_rates: Vec<f32>,
+    /// The rate schedule's factor for this epoch.
+    rate_scale: f32,
     train: Work,
     eval: Work,
     /// Bandit: exploration schedule, epochs, the current epoch, rewards since last asked.
@@ -195,6 +197,7 @@ impl Backprop {
             eval: Work::new(&net.sizes, cfg.eval_block),
             net,
             learning_rates: cfg.learning_rates.clone(),
+            rate_scale: 1.0,
             bandit: (cfg.task == crate::config::Task::Bandit)
                 .then(|| (cfg.explore.clone(), cfg.epochs)),
             epoch: 1,
@@ -303,11 +306,11 @@ impl Learner for Backprop {
             (errors, cost) = self.reward_targets(data, indices, rng);
         }
         self.backward(rows);
-        let rates = &self.learning_rates;
+        let (rates, scale) = (&self.learning_rates, self.rate_scale);
         add_gradients(
             &self.train,
             rows,
-            |k| -rates[k] / rows as f32,
+            |k| -rates[k] * scale / rows as f32,
             &mut self.net,
         );
         Stats {
@@ -320,6 +323,10 @@ impl Learner for Backprop {
 
     fn start_epoch(&mut self, epoch: usize) {
         self.epoch = epoch;
+    }
+
+    fn set_rate_scale(&mut self, scale: f32) {
+        self.rate_scale = scale;
     }
 
     fn take_mean_reward(&mut self) -> Option<f64> {

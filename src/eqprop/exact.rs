@@ -137,17 +137,17 @@ fn rows(m: &Matrix, n: usize) -> View<'_> {
     m.rows_view(0, n)
 }
 
-/// theta -= rate_k * (1 / batch) * dC/dtheta summed over the blocks.
+/// theta -= rate_k * rate_scale * (1 / batch) * dC/dtheta summed over the blocks.
 pub fn apply(
     net: &mut Network,
     blocks: &[Block],
     adjoints: &[Adjoint],
     eps: f32,
-    rates: &[f32],
+    (rates, rate_scale): (&[f32], f32),
     batch: usize,
 ) {
     for (k, &rate) in rates.iter().enumerate().take(net.weights.len()) {
-        let scale = -rate * eps / batch as f32;
+        let scale = -rate * rate_scale * eps / batch as f32;
         for (b, adj) in blocks.iter().zip(adjoints).filter(|(b, _)| b.rows > 0) {
             let n = b.rows;
             let below = if k == 0 {

@@ -135,6 +135,8 @@ pub struct EqProp {
     epoch: usize,
     rewards: (f64, usize),
     pub last_actions: Vec<usize>,
+    /// The rate schedule's factor for this epoch.
+    rate_scale: f32,
 }
 
 impl EqProp {
@@ -200,6 +202,7 @@ impl EqProp {
             epoch: 1,
             rewards: (0.0, 0),
             last_actions: Vec::new(),
+            rate_scale: 1.0,
         }
     }
 }
@@ -224,7 +227,7 @@ impl EqProp {
                 &self.blocks,
                 Phase::Nudged,
                 Phase::NudgedNeg,
-                1.0 / beta,
+                self.rate_scale / beta,
                 &self.settings.learning_rates,
                 batch,
                 parts,
@@ -431,7 +434,7 @@ impl EqProp {
             &self.blocks,
             &self.adjoints,
             eps,
-            rates,
+            (rates, self.rate_scale),
             batch,
         );
     }
@@ -469,7 +472,7 @@ impl EqProp {
             &self.blocks,
             plus,
             minus,
-            coef,
+            coef * self.rate_scale,
             &self.settings.learning_rates,
             batch,
             parts,
@@ -543,6 +546,10 @@ impl Learner for EqProp {
 
     fn start_epoch(&mut self, epoch: usize) {
         self.epoch = epoch;
+    }
+
+    fn set_rate_scale(&mut self, scale: f32) {
+        self.rate_scale = scale;
     }
 
     fn take_mean_reward(&mut self) -> Option<f64> {

@@ -547,7 +547,7 @@ fn batched_recurrent_backprop_matches_the_per_example_reference() {
             std::slice::from_ref(&block),
             std::slice::from_ref(&adj),
             0.5,
-            &rates,
+            (&rates, 1.0),
             5,
         );
         let mut reference = super::gradient::Grads::zeros(&net);

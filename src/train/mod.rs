@@ -102,6 +102,10 @@ pub trait Learner {
     }
     /// Called before each epoch's first batch (1-based), for schedules.
     fn start_epoch(&mut self, _epoch: usize) {}
+    /// Every learning rate times `scale` from now on (the config's
+    /// `final_rate_scale` schedule; refused by validation for learners that
+    /// ignore it).
+    fn set_rate_scale(&mut self, _scale: f32) {}
     /// Called after each epoch's training and evaluation, before the
     /// checkpoint: finishes per-epoch state and returns metrics of the
     /// learner's own (named), measured on `val`.
@@ -380,6 +384,7 @@ fn run_epochs(
         }
         progress.epoch_start(epoch, n);
         learner.start_epoch(epoch);
+        learner.set_rate_scale(cfg.rate_scale(epoch));
         let t0 = Instant::now();
         let mut train = Stats::default();
         for batch in order.chunks(cfg.batch_size) {
@@ -610,4 +615,77 @@ pub fn replot(dir: &Path) -> Result<()> {
     let cfg = read_run_config(dir)?;
     let history = read_metrics(dir)?;
     crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, &history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Matrix;
+    use rand::RngExt;
+
+    #[test]
+    fn the_rate_schedule_falls_linearly_to_the_final_scale() {
+        let cfg = Config {
+            epochs: 5,
+            final_rate_scale: 0.2,
+            ..crate::config::preset("eqprop-mnist-1h").unwrap()
+        };
+        let scales: Vec<f32> = (1..=5).map(|e| cfg.rate_scale(e)).collect();
+        for (got, want) in scales.iter().zip([1.0, 0.8, 0.6, 0.4, 0.2]) {
+            assert!((got - want).abs() < 1e-6, "{scales:?}");
+        }
+        let constant = crate::config::preset("eqprop-mnist-1h").unwrap();
+        assert!((1..=25).all(|e| constant.rate_scale(e) == 1.0));
+    }
+
+    /// From the same start, a first update at scale 1/2 is half the one at scale 1,
+    /// for each learner that takes the schedule.
+    #[test]
+    fn the_rate_scale_multiplies_each_learners_update() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let images = Matrix::from_vec(
+            20,
+            16,
+            (0..320).map(|_| rng.random_range(0.0..1.0)).collect(),
+        );
+        let data = Dataset {
+            images,
+            labels: (0..20).map(|i| (i % 10) as u8).collect(),
+        };
+        let idx: Vec<usize> = (0..20).collect();
+        for preset in ["eqprop-mnist-1h", "backprop-mnist-1h"] {
+            let cfg = Config {
+                layers: vec![16, 12, 10],
+                threads: 1,
+                ..crate::config::preset(preset).unwrap()
+            };
+            let first_update = |scale: f32| -> Vec<f32> {
+                let mut l = build_learner(&cfg, [20, 0, 0]).unwrap();
+                let before: Vec<f32> = l
+                    .parameters()
+                    .iter()
+                    .flat_map(|t| t.data.to_vec())
+                    .collect();
+                l.set_rate_scale(scale);
+                // Same seed: the same sign of beta for EP.
+                l.train_batch(&data, &idx, &mut ChaCha8Rng::seed_from_u64(2));
+                let after = l
+                    .parameters()
+                    .iter()
+                    .flat_map(|t| t.data.to_vec())
+                    .collect::<Vec<_>>();
+                after.iter().zip(&before).map(|(a, b)| a - b).collect()
+            };
+            let (full, half) = (first_update(1.0), first_update(0.5));
+            let norm = full.iter().map(|d| d * d).sum::<f32>().sqrt();
+            assert!(norm > 1e-4, "{preset}: no update");
+            let off = full
+                .iter()
+                .zip(&half)
+                .map(|(f, h)| (0.5 * f - h).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            assert!(off < 1e-3 * norm, "{preset}: {off} vs {norm}");
+        }
+    }
 }

@@ -35,6 +35,23 @@ pub fn line_chart(
     chart(path, title, x_label, y_label, series, Some(percent))
 }
 
+/// Labels at 1, 2 and 5 times each power of ten inside [lo, hi] (plotters'
+/// own choice leaves the decade that holds most error curves unlabelled).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let t = m * decade;
+            if (lo..=hi).contains(&t) {
+                ticks.push(t);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
 /// A line chart with a log-scale y axis, values printed as they are.
 pub fn log_chart(
     path: &Path,
@@ -112,7 +129,10 @@ fn chart(
             .y_label_area_size(70);
         if log_y {
             let mut chart = builder
-                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .build_cartesian_2d(
+                    x0..x1,
+                    (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
+                )
                 .map_err(|e| err(e.to_string()))?;
             chart
                 .configure_mesh()
@@ -287,3 +307,18 @@ pub const PALETTE: [RGBColor; 6] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_ticks_label_1_2_5_of_every_decade_in_range() {
+        let t = super::log_ticks(0.015, 0.4);
+        let want = [0.02, 0.05, 0.1, 0.2];
+        assert_eq!(t.len(), want.len(), "{t:?}");
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{t:?}"
+        );
+        assert_eq!(super::log_ticks(3.0, 4.0), Vec::<f64>::new());
+    }
+}

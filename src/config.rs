@@ -105,6 +105,10 @@ fn one() -> f32 {
     1.0
 }
 
+fn one_usize() -> usize {
+    1
+}
+
 fn default_noise() -> f32 {
     0.1
 }
@@ -148,6 +152,11 @@ pub struct Config {
     /// on the CPU.
     #[serde(default = "one")]
     pub final_rate_scale: f32,
+    /// The last epoch at the full rates; the fall to `final_rate_scale` starts
+    /// there (1: from the first epoch). A run can so be extended by a decay
+    /// without changing its first epochs.
+    #[serde(default = "one_usize")]
+    pub rate_decay_start: usize,
     pub nudging: Nudging,
     #[serde(default)]
     pub task: Task,
@@ -279,6 +288,7 @@ pub fn preset(name: &str) -> Result<Config> {
         beta,
         learning_rates: rates,
         final_rate_scale: 1.0,
+        rate_decay_start: 1,
         nudging: Nudging::RandomSign,
         nudged_update: NudgedUpdate::End,
         gradient: Gradient::Ep,
@@ -469,6 +479,11 @@ impl Config {
                 self.layers
             ));
         }
+        if self.rate_decay_start == 0 {
+            return bad(
+                "rate_decay_start = 0: epochs count from 1; use 1 to decay from the first".into(),
+            );
+        }
         if self.final_rate_scale != 1.0 {
             if !(self.final_rate_scale.is_finite() && self.final_rate_scale >= 0.0) {
                 return bad(format!(
@@ -555,13 +570,14 @@ impl Config {
         Ok(())
     }
 
-    /// The factor on every learning rate in `epoch` (1-based): linear from 1 in
-    /// the first epoch to `final_rate_scale` in the last.
+    /// The factor on every learning rate in `epoch` (1-based): 1 up to
+    /// `rate_decay_start`, then linear to `final_rate_scale` in the last epoch.
     pub fn rate_scale(&self, epoch: usize) -> f32 {
-        if self.epochs <= 1 {
+        let start = self.rate_decay_start;
+        if epoch <= start || self.epochs <= start {
             return 1.0;
         }
-        let t = (epoch.clamp(1, self.epochs) - 1) as f32 / (self.epochs - 1) as f32;
+        let t = (epoch.min(self.epochs) - start) as f32 / (self.epochs - start) as f32;
         1.0 - (1.0 - self.final_rate_scale) * t
     }
 
@@ -754,12 +770,15 @@ mod tests {
         }
         let t: toml::Table = toml::from_str("final_rate_scale = -1").unwrap();
         assert!(preset("eqprop-mnist-1h").unwrap().overlay(&t, "t").is_err());
+        let t: toml::Table = toml::from_str("rate_decay_start = 0").unwrap();
+        assert!(preset("eqprop-mnist-1h").unwrap().overlay(&t, "t").is_err());
         // Old run directories' config.toml lack the key: constant rates.
         let old = preset("eqprop-mnist-1h")
             .unwrap()
             .to_toml()
-            .replace("final_rate_scale = 1.0\n", "");
+            .replace("final_rate_scale = 1.0\n", "")
+            .replace("rate_decay_start = 1\n", "");
         let c: Config = toml::from_str(&old).unwrap();
-        assert_eq!(c.final_rate_scale, 1.0);
+        assert_eq!((c.final_rate_scale, c.rate_decay_start), (1.0, 1));
     }
 }

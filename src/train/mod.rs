@@ -636,6 +636,17 @@ mod tests {
         }
         let constant = crate::config::preset("eqprop-mnist-1h").unwrap();
         assert!((1..=25).all(|e| constant.rate_scale(e) == 1.0));
+        // A late start keeps the first epochs at full rates, exactly.
+        let late = Config {
+            epochs: 7,
+            rate_decay_start: 3,
+            ..cfg
+        };
+        let scales: Vec<f32> = (1..=7).map(|e| late.rate_scale(e)).collect();
+        for (got, want) in scales.iter().zip([1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]) {
+            assert!((got - want).abs() < 1e-6, "{scales:?}");
+        }
+        assert!(scales[..3].iter().all(|&s| s == 1.0));
     }
 
     /// From the same start, a first update at scale 1/2 is half the one at scale 1,

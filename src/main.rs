@@ -31,7 +31,9 @@ struct Cli {
 enum Command {
     /// Train a model; writes config.toml, metrics.jsonl, checkpoints and a learning curve to --out.
     Train(TrainArgs),
-    /// Evaluate a run's checkpoint on one split; prints one JSON object.
+    /// Evaluate a run's checkpoint on one split; prints one JSON object (for EP also,
+    /// per hidden layer k on the split's first 1,000 examples, hk_inside: the share of
+    /// states strictly between the clips, and hk_stuck: of units at one clip for all).
     Eval {
         /// Run directory made by `plasticity train`.
         #[arg(long)]
@@ -672,16 +674,19 @@ fn eval_cmd(
     threads: Option<usize>,
     free_steps: Option<usize>,
 ) -> Result<()> {
-    let (stats, epoch, steps) = train::evaluate_run(run, split, threads, free_steps)?;
-    let out = serde_json::json!({
+    let e = train::evaluate_run(run, split, threads, free_steps)?;
+    let mut out = serde_json::json!({
         "run": run.display().to_string(),
         "split": split,
-        "epoch": epoch,
-        "free_steps": steps,
-        "examples": stats.examples,
-        "error": stats.error_rate(),
-        "cost": stats.mean_cost(),
+        "epoch": e.epoch,
+        "free_steps": e.free_steps,
+        "examples": e.stats.examples,
+        "error": e.stats.error_rate(),
+        "cost": e.stats.mean_cost(),
     });
+    for (name, value) in e.diagnostics {
+        out[name] = value.into();
+    }
     println!("{out}");
     Ok(())
 }
@@ -894,7 +899,7 @@ fn weights_for(
         }
         None => {
             let cfg = config::preset(preset)?;
-            let net = Network::seeded(&cfg.layers, cfg.seed);
+            let net = Network::initial(&cfg);
             Ok((cfg, net, "fresh"))
         }
     }
@@ -1023,7 +1028,7 @@ fn gradcheck_cmd(
     // Validation examples: a trained net fits its training set to a cost of exactly 0.
     let data = train::load_data(&cfg)?.val;
     let n = examples.max(1);
-    let mut sets = vec![("fresh", Network::seeded(&cfg.layers, cfg.seed))];
+    let mut sets = vec![("fresh", Network::initial(&cfg))];
     if run.is_some() {
         sets.push(("trained", trained));
     }

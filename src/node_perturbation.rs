@@ -38,7 +38,7 @@ pub struct NodePerturbation {
 
 impl NodePerturbation {
     pub fn new(cfg: &Config) -> Self {
-        let net = Network::seeded(&cfg.layers, cfg.seed);
+        let net = Network::initial(cfg);
         let mats = || {
             net.sizes
                 .iter()

@@ -191,7 +191,7 @@ impl Passes {
 
 impl Backprop {
     pub fn new(cfg: &Config) -> Self {
-        let net = Network::seeded(&cfg.layers, cfg.seed);
+        let net = Network::initial(cfg);
         Backprop {
             train: Work::new(&net.sizes, cfg.batch_size),
             eval: Work::new(&net.sizes, cfg.eval_block),

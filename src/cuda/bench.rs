@@ -35,7 +35,7 @@ pub fn time_steps(cfg: &Config, steps: usize, persistent: bool) -> Result<(f64, 
     let ctx = open()?;
     let mut e = Engine::new(ctx, &cfg.layers, cfg.batch_size, cfg.tf32)?;
     e.persistent &= persistent;
-    e.upload_params(&Network::seeded(&cfg.layers, cfg.seed))?;
+    e.upload_params(&Network::initial(cfg))?;
     let bp = e.shape.bp;
     let mut ip = vec![0i32; 2 * bp + 1];
     ip[2 * bp] = cfg.batch_size as i32;

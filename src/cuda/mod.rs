@@ -141,7 +141,7 @@ impl CudaEqProp {
     pub fn new(cfg: &Config, counts: [usize; 3]) -> Result<Self> {
         check_supported(cfg)?;
         let ctx = open()?;
-        let net = Network::seeded(&cfg.layers, cfg.seed);
+        let net = Network::initial(cfg);
         let engine = Engine::new(ctx, &cfg.layers, cfg.batch_size, cfg.tf32)?;
         let set = |name, count| -> Result<ParticleSet> {
             Ok(ParticleSet {

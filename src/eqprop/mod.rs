@@ -5,12 +5,14 @@
 //! `learning` contrasts the two equilibria into a weight update. `EqProp` ties
 //! them to the training loop through the `Learner` trait.
 
+pub mod activity;
 pub mod dynamics;
 pub mod exact;
 pub mod gradient;
 pub mod learning;
 pub mod network;
 
+pub use activity::Activity;
 pub use dynamics::{Block, Phase};
 pub use network::Network;
 
@@ -22,6 +24,9 @@ use crate::train::{Learner, NamedTensor, NamedTensorMut, Stats};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+
+/// Validation digits whose hidden activity each epoch reports.
+pub const ACTIVITY_EXAMPLES: usize = 1000;
 
 /// The hyperparameters EP itself uses (a view of `Config`).
 #[derive(Clone, Debug)]
@@ -143,7 +148,7 @@ impl EqProp {
     /// A Glorot-initialised network for `cfg`; `counts` are the numbers of
     /// training, validation and test examples (for the particles).
     pub fn new(cfg: &Config, counts: [usize; 3]) -> Self {
-        let net = Network::seeded(&cfg.layers, cfg.seed);
+        let net = Network::initial(cfg);
         Self::from_network(net, Settings::from_config(cfg), cfg, counts)
     }
 
@@ -308,7 +313,12 @@ impl EqProp {
 
     /// Free phase on every example of `data`, from rest or (with `warm`) from
     /// that split's particles, which then keep the new fixed points.
-    fn relax_all(&mut self, data: &Dataset, warm: Option<usize>) -> Stats {
+    fn relax_all(
+        &mut self,
+        data: &Dataset,
+        warm: Option<usize>,
+        mut activity: Option<&mut Activity>,
+    ) -> Stats {
         let s = &self.settings;
         let net = &self.net;
         let per_round = self.eval_blocks.len() * self.eval_blocks[0].cap;
@@ -333,6 +343,13 @@ impl EqProp {
                 stats.examples += b.rows;
                 stats.errors += b.errors;
                 stats.cost += b.cost;
+                if let Some(a) = activity.as_deref_mut() {
+                    let hidden = &b.free[..b.free.len() - 1];
+                    a.0.resize(hidden.len(), Default::default());
+                    for (layer, s) in a.0.iter_mut().zip(hidden) {
+                        layer.add(&s.data[..b.rows * s.cols], s.cols);
+                    }
+                }
                 if let Some(w) = warm {
                     for (k, p) in self.warm[w].iter_mut().enumerate() {
                         for i in 0..b.rows {
@@ -558,11 +575,11 @@ impl Learner for EqProp {
     }
 
     fn evaluate(&mut self, data: &Dataset) -> Stats {
-        self.relax_all(data, None)
+        self.relax_all(data, None, None)
     }
 
     fn evaluate_warm(&mut self, data: &Dataset, split: usize) -> Option<Stats> {
-        (split < self.warm.len()).then(|| self.relax_all(data, Some(split)))
+        (split < self.warm.len()).then(|| self.relax_all(data, Some(split), None))
     }
 
     fn parameters(&self) -> Vec<NamedTensor<'_>> {
@@ -605,6 +622,19 @@ impl Learner for EqProp {
 
     fn flops_per_free_step(&self) -> f64 {
         flops_per_step(&self.net.sizes)
+    }
+
+    /// The hidden units' activity at the free fixed point from rest of the
+    /// first 1,000 validation digits (a small share of an evaluation's cost).
+    fn end_epoch(&mut self, val: &Dataset) -> Vec<(String, f64)> {
+        self.diagnostics(val)
+    }
+
+    fn diagnostics(&mut self, data: &Dataset) -> Vec<(String, f64)> {
+        let mut activity = Activity::default();
+        let head = data.slice(0, data.len().min(ACTIVITY_EXAMPLES));
+        self.relax_all(&head, None, Some(&mut activity));
+        activity.metrics()
     }
 
     fn free_phase_residual(&self) -> Option<f64> {

@@ -45,6 +45,18 @@ impl Network {
         Self::glorot(sizes, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed))
     }
 
+    /// The initial network of a run: Glorot from the run's seed, every weight
+    /// times `init_gain` (exactly the Glorot weights at gain 1).
+    pub fn initial(cfg: &crate::config::Config) -> Self {
+        let mut net = Self::seeded(&cfg.layers, cfg.seed);
+        if cfg.init_gain != 1.0 {
+            for w in &mut net.weights {
+                w.data.iter_mut().for_each(|v| *v *= cfg.init_gain);
+            }
+        }
+        net
+    }
+
     /// A network of the same shapes with every parameter 0 (a gradient, or an
     /// optimiser's moments).
     pub fn zeros_like(&self) -> Self {

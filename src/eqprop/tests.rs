@@ -583,3 +583,44 @@ fn batched_recurrent_backprop_matches_the_per_example_reference() {
         }
     }
 }
+
+#[test]
+fn init_gain_scales_the_glorot_weights_and_nothing_else() {
+    let mut cfg = crate::config::preset("eqprop-mnist-2h").unwrap();
+    let glorot = Network::seeded(&cfg.layers, cfg.seed);
+    assert_eq!(Network::initial(&cfg), glorot);
+    cfg.init_gain = 0.5;
+    let half = Network::initial(&cfg);
+    assert_eq!(half.biases, glorot.biases);
+    for (h, g) in half.weights.iter().zip(&glorot.weights) {
+        assert!(h.data.iter().zip(&g.data).all(|(a, b)| *a == 0.5 * b));
+    }
+}
+
+/// The claim behind `init_gain`, on real digits: from rest, Glorot's bound runs
+/// a 784-500-500-10 net's hidden states into the clips (W1's largest singular
+/// value is near 2, the energy not convex inside the box); half the bound
+/// leaves about half of them strictly between 0 and 1.
+#[test]
+fn half_the_glorot_bound_keeps_a_500_500_net_off_the_clips() {
+    use crate::train::Learner;
+    let splits = crate::data::load(&crate::data::default_dir()).unwrap();
+    let digits = splits.val.slice(0, 200);
+    let mut cfg = crate::config::preset("eqprop-mnist-2h").unwrap();
+    cfg.persistent_particles = false;
+    cfg.eval_warm = false;
+    let inside = |gain: f32| {
+        let cfg = crate::config::Config {
+            init_gain: gain,
+            ..cfg.clone()
+        };
+        let got = super::EqProp::new(&cfg, [0, 0, 0]).diagnostics(&digits);
+        let at = |name: &str| got.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(got.len(), 4, "{got:?}");
+        [at("h1_inside"), at("h2_inside")]
+    };
+    let glorot = inside(1.0);
+    let half = inside(0.5);
+    assert!(glorot.iter().all(|&f| f < 0.35), "Glorot: {glorot:?}");
+    assert!(half.iter().all(|&f| f > 0.45), "half: {half:?}");
+}

@@ -112,6 +112,11 @@ pub trait Learner {
     fn end_epoch(&mut self, _val: &Dataset) -> Vec<(String, f64)> {
         Vec::new()
     }
+    /// Measurements of the learner's internal state on (the head of) `data`,
+    /// reported by `plasticity eval` (EP: where its hidden units sit).
+    fn diagnostics(&mut self, _data: &Dataset) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// For reward-driven learners: mean reward per example since the last call.
     fn take_mean_reward(&mut self) -> Option<f64> {
         None
@@ -478,12 +483,22 @@ fn save_epoch(
 /// Evaluates the checkpoint in run directory `dir` on one split.
 /// `free_steps` overrides the run's free-phase length; returns the stats, the
 /// checkpoint's epoch and the free steps used.
+/// A checkpoint scored on one split (`evaluate_run`).
+pub struct Evaluation {
+    pub stats: Stats,
+    /// The epoch the checkpoint was written after.
+    pub epoch: usize,
+    pub free_steps: usize,
+    /// `Learner::diagnostics` on the split.
+    pub diagnostics: Vec<(String, f64)>,
+}
+
 pub fn evaluate_run(
     dir: &Path,
     split: &str,
     threads: Option<usize>,
     free_steps: Option<usize>,
-) -> Result<(Stats, usize, usize)> {
+) -> Result<Evaluation> {
     let mut cfg = read_run_config(dir)?;
     if let Some(t) = threads {
         cfg.threads = t;
@@ -525,7 +540,12 @@ pub fn evaluate_run(
             [0, 0, 0],
         )?;
         ckpt.restore(learner.parameters_mut())?;
-        Ok((learner.evaluate(data), epoch, cfg.free_steps))
+        Ok(Evaluation {
+            stats: learner.evaluate(data),
+            epoch,
+            free_steps: cfg.free_steps,
+            diagnostics: learner.diagnostics(data),
+        })
     })
 }
 

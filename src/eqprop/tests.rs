@@ -624,3 +624,38 @@ fn half_the_glorot_bound_keeps_a_500_500_net_off_the_clips() {
     assert!(glorot.iter().all(|&f| f < 0.35), "Glorot: {glorot:?}");
     assert!(half.iter().all(|&f| f > 0.45), "half: {half:?}");
 }
+
+/// Why Glorot's bound saturates: a square n x n Glorot matrix has entries of
+/// variance 1/n, so its largest singular value is near 2 (the Marchenko-Pastur
+/// edge), and the energy's Hessian inside the box, I - [[0, W], [W^T, 0]], has
+/// eigenvalues 1 - sigma < 0. Half the bound brings sigma to about 1.
+#[test]
+fn glorots_500_500_coupling_has_a_singular_value_near_two() {
+    // Power iteration on W^T W (f64).
+    let sigma_max = |w: &Matrix| {
+        let (r, c) = (w.rows, w.cols);
+        let mut v = vec![1.0f64; c];
+        let mut sigma = 0.0;
+        for _ in 0..200 {
+            let u: Vec<f64> = (0..r)
+                .map(|i| (0..c).map(|j| w.data[i * c + j] as f64 * v[j]).sum())
+                .collect();
+            let mut z = vec![0.0f64; c];
+            for i in 0..r {
+                for j in 0..c {
+                    z[j] += w.data[i * c + j] as f64 * u[i];
+                }
+            }
+            let norm = z.iter().map(|x| x * x).sum::<f64>().sqrt();
+            sigma = norm.sqrt();
+            v = z.iter().map(|x| x / norm).collect();
+        }
+        sigma
+    };
+    let mut cfg = crate::config::preset("eqprop-mnist-2h").unwrap();
+    let glorot = sigma_max(&Network::initial(&cfg).weights[1]);
+    cfg.init_gain = 0.5;
+    let half = sigma_max(&Network::initial(&cfg).weights[1]);
+    assert!((1.85..2.05).contains(&glorot), "Glorot: {glorot}");
+    assert!((half - glorot / 2.0).abs() < 1e-6, "{half} vs {glorot}");
+}

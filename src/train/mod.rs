@@ -480,9 +480,6 @@ fn save_epoch(
     Ok(())
 }
 
-/// Evaluates the checkpoint in run directory `dir` on one split.
-/// `free_steps` overrides the run's free-phase length; returns the stats, the
-/// checkpoint's epoch and the free steps used.
 /// A checkpoint scored on one split (`evaluate_run`).
 pub struct Evaluation {
     pub stats: Stats,
@@ -493,6 +490,8 @@ pub struct Evaluation {
     pub diagnostics: Vec<(String, f64)>,
 }
 
+/// Evaluates the checkpoint in run directory `dir` on one split.
+/// `free_steps` overrides the run's free-phase length.
 pub fn evaluate_run(
     dir: &Path,
     split: &str,

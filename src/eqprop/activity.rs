@@ -20,12 +20,18 @@ pub struct LayerActivity {
 }
 
 impl LayerActivity {
-    /// Adds `rows` examples' states of this layer (row-major, `width` units).
-    pub fn add(&mut self, states: &[f32], width: usize) {
-        if self.unit_max.is_empty() {
-            self.unit_max = vec![f32::NEG_INFINITY; width];
-            self.unit_min = vec![f32::INFINITY; width];
+    /// Nothing seen yet, for a layer of `width` units.
+    pub fn new(width: usize) -> Self {
+        LayerActivity {
+            unit_max: vec![f32::NEG_INFINITY; width],
+            unit_min: vec![f32::INFINITY; width],
+            ..Default::default()
         }
+    }
+
+    /// Adds examples' states of this layer (row-major, one row per example).
+    pub fn add(&mut self, states: &[f32]) {
+        let width = self.unit_max.len();
         for row in states.chunks_exact(width) {
             for (j, &s) in row.iter().enumerate() {
                 self.at_zero += (s <= 0.0) as u64;
@@ -54,10 +60,15 @@ impl LayerActivity {
 }
 
 /// `LayerActivity` of every hidden layer.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Activity(pub Vec<LayerActivity>);
 
 impl Activity {
+    /// Nothing seen yet, for hidden layers of these widths.
+    pub fn new(widths: &[usize]) -> Self {
+        Activity(widths.iter().map(|&w| LayerActivity::new(w)).collect())
+    }
+
     /// Named metrics: `h{k}_inside` and `h{k}_stuck` for each hidden layer k.
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out = Vec::new();
@@ -77,13 +88,13 @@ mod tests {
     fn counts_match_a_hand_count() {
         // Two examples, three units: unit 0 always 0 (dead), unit 2 always 1,
         // unit 1 inside once and at 1 once.
-        let mut a = LayerActivity::default();
-        a.add(&[0.0, 0.5, 1.0, 0.0, 1.0, 1.0], 3);
+        let mut a = LayerActivity::new(3);
+        a.add(&[0.0, 0.5, 1.0, 0.0, 1.0, 1.0]);
         assert_eq!((a.at_zero, a.at_one, a.states), (2, 3, 6));
         assert_eq!(a.inside(), 1.0 / 6.0);
         assert_eq!(a.stuck(), 2.0 / 3.0);
         // A third example that lifts unit 0 off the clip un-sticks it.
-        a.add(&[0.2, 0.5, 1.0], 3);
+        a.add(&[0.2, 0.5, 1.0]);
         assert_eq!(a.stuck(), 1.0 / 3.0);
         assert_eq!(a.inside(), 3.0 / 9.0);
     }

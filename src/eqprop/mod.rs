@@ -344,10 +344,9 @@ impl EqProp {
                 stats.errors += b.errors;
                 stats.cost += b.cost;
                 if let Some(a) = activity.as_deref_mut() {
-                    let hidden = &b.free[..b.free.len() - 1];
-                    a.0.resize(hidden.len(), Default::default());
-                    for (layer, s) in a.0.iter_mut().zip(hidden) {
-                        layer.add(&s.data[..b.rows * s.cols], s.cols);
+                    // The zip ends with the hidden layers: the output is not counted.
+                    for (layer, s) in a.0.iter_mut().zip(&b.free) {
+                        layer.add(&s.data[..b.rows * s.cols]);
                     }
                 }
                 if let Some(w) = warm {
@@ -631,7 +630,8 @@ impl Learner for EqProp {
     }
 
     fn diagnostics(&mut self, data: &Dataset) -> Vec<(String, f64)> {
-        let mut activity = Activity::default();
+        let sizes = &self.net.sizes;
+        let mut activity = Activity::new(&sizes[1..sizes.len() - 1]);
         let head = data.slice(0, data.len().min(ACTIVITY_EXAMPLES));
         self.relax_all(&head, None, Some(&mut activity));
         activity.metrics()

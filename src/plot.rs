@@ -63,8 +63,15 @@ pub fn log_chart(
     chart(path, title, x_label, y_label, series, Some(plain))
 }
 
+/// Two decimals, more below 0.01% so that log-scale ticks there stay distinct.
 fn percent(v: &f64) -> String {
-    format!("{:.2}%", v * 100.0)
+    let p = v * 100.0;
+    let decimals = if p > 0.0 && p < 0.01 {
+        (-p.log10()).ceil() as usize
+    } else {
+        2
+    };
+    format!("{p:.decimals$}%")
 }
 
 fn plain(v: &f64) -> String {
@@ -320,5 +327,14 @@ mod tests {
             "{t:?}"
         );
         assert_eq!(super::log_ticks(3.0, 4.0), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn percent_labels_stay_distinct_below_a_hundredth_of_a_percent() {
+        let labels: Vec<String> = [0.05, 0.0001, 0.00005, 0.00002, 0.00001]
+            .iter()
+            .map(super::percent)
+            .collect();
+        assert_eq!(labels, ["5.00%", "0.01%", "0.005%", "0.002%", "0.001%"]);
     }
 }

@@ -49,6 +49,22 @@ enum Command {
         #[arg(long)]
         free_steps: Option<usize>,
     },
+    /// The examples of a split that a trained EP run gets wrong (from rest), and whether
+    /// its nudge can move them at all (if not, EP's update for them is exactly zero):
+    /// a table, mistakes.csv and mistakes.png (the digits, labelled).
+    Mistakes {
+        /// Run directory of an EP run.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, default_value = "train", value_parser = ["train", "val", "test"])]
+        split: String,
+        /// Where to write (default: the run directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Worker threads (default: the run's).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Train one preset under several relaxation/nudging schemes with the same seed;
     /// writes a CSV and plots of validation error per epoch and per second.
     Compare {
@@ -328,6 +344,7 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         None => train_cmd(TrainArgs::default()),
@@ -338,6 +355,12 @@ fn main() -> ExitCode {
             threads,
             free_steps,
         }) => eval_cmd(&run, &split, threads, free_steps),
+        Some(Command::Mistakes {
+            run,
+            split,
+            out,
+            threads,
+        }) => mistakes_cmd(&run, &split, out.as_deref().unwrap_or(&run), threads),
         Some(Command::Compare { train, schemes }) => compare_cmd(train, &schemes),
         Some(Command::Gradcheck {
             preset,
@@ -688,6 +711,96 @@ fn eval_cmd(
         out[name] = value.into();
     }
     println!("{out}");
+    Ok(())
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`plasticity ... | head`)
+/// would panic; the default action ends the process quietly, as Unix tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn mistakes_cmd(
+    run: &std::path::Path,
+    split: &str,
+    out: &std::path::Path,
+    threads: Option<usize>,
+) -> Result<()> {
+    use plasticity::eqprop::mistakes;
+    let (cfg, net) = plasticity::eqprop::load_run(run)?;
+    let splits = train::load_data(&cfg)?;
+    let data = match split {
+        "train" => &splits.train,
+        "val" => &splits.val,
+        _ => &splits.test,
+    };
+    let pool = train::thread_pool(threads.unwrap_or(cfg.threads))?;
+    let found = pool.install(|| mistakes::mistakes(&cfg, &net, data));
+    let unreachable = found.iter().filter(|m| m.unreachable()).count();
+    println!(
+        "{} of {} {split} examples wrong from rest ({:.3}%); {unreachable} of them out of the \
+         nudge's reach (beta {}: no state moves, so EP's update for them is exactly zero)",
+        found.len(),
+        data.len(),
+        100.0 * found.len() as f64 / data.len().max(1) as f64,
+        cfg.beta
+    );
+    println!(
+        "{:>6} {:>5} {:>9} {:>8} {:>8} {:>8}  outputs",
+        "index", "label", "predicted", "s_label", "s_pred", "moved"
+    );
+    for m in found.iter().take(30) {
+        let moved = m.moved[0].max(m.moved[1]);
+        let outs: Vec<String> = m.output.iter().map(|o| format!("{o:.2}")).collect();
+        println!(
+            "{:>6} {:>5} {:>9} {:>8.3} {:>8.3} {:>8.4}  {}",
+            m.index,
+            m.label,
+            m.predicted,
+            m.output[m.label as usize],
+            m.output[m.predicted],
+            moved,
+            outs.join(" ")
+        );
+    }
+    if found.len() > 30 {
+        println!("... {} more in mistakes.csv", found.len() - 30);
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::io("cannot create output directory", out, e))?;
+    let csv = mistakes::to_csv(&found);
+    plasticity::train::checkpoint::write_atomic(&out.join("mistakes.csv"), csv.as_bytes())?;
+    let shown: Vec<&[f32]> = found
+        .iter()
+        .take(100)
+        .map(|m| data.images.row(m.index))
+        .collect();
+    let labels: Vec<String> = found
+        .iter()
+        .take(100)
+        .map(|m| match m.output.iter().all(|&o| o == 0.0) {
+            true => format!("{}>none", m.label),
+            false => format!("{}>{}", m.label, m.predicted),
+        })
+        .collect();
+    let title = format!(
+        "{split} mistakes of {} (label>predicted; none: every output at 0): {} of {}",
+        run.display(),
+        found.len(),
+        data.len()
+    );
+    let side = (data.images.cols as f64).sqrt() as usize;
+    let png = out.join("mistakes.png");
+    plasticity::plot::captioned_image_grid(&png, &title, &shown, &labels, side, 10, 3)?;
+    println!(
+        "wrote {} and {}",
+        out.join("mistakes.csv").display(),
+        png.display()
+    );
     Ok(())
 }
 

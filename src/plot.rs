@@ -180,14 +180,28 @@ pub fn image_grid(
     cols: usize,
     scale: u32,
 ) -> Result<()> {
+    captioned_image_grid(path, title, images, &[], side, cols, scale)
+}
+
+/// `image_grid` with a short caption under each image (none if `captions` is empty).
+pub fn captioned_image_grid(
+    path: &Path,
+    title: &str,
+    images: &[&[f32]],
+    captions: &[String],
+    side: usize,
+    cols: usize,
+    scale: u32,
+) -> Result<()> {
     ensure_font();
     let err = |e: String| Error::Checkpoint(format!("cannot draw {}: {e}", path.display()));
     let cols = cols.max(1);
     let grid_rows = images.len().div_ceil(cols).max(1);
     let cell = side as u32 * scale + 2;
+    let caption_h = if captions.is_empty() { 0 } else { 16 };
     let title_h = 34;
     let width = (cols as u32 * cell + 2).max(9 * title.len() as u32 + 12);
-    let height = grid_rows as u32 * cell + 2 + title_h;
+    let height = grid_rows as u32 * (cell + caption_h) + 2 + title_h;
     let tmp = path.with_extension("png.tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (width, height)).into_drawing_area();
@@ -201,8 +215,13 @@ pub fn image_grid(
         for (n, img) in images.iter().enumerate() {
             let (gx, gy) = (
                 (n % cols) as u32 * cell + 2,
-                (n / cols) as u32 * cell + 2 + title_h,
+                (n / cols) as u32 * (cell + caption_h) + 2 + title_h,
             );
+            if let Some(c) = captions.get(n) {
+                let at = (gx as i32, (gy + side as u32 * scale + 1) as i32);
+                root.draw(&Text::new(c.clone(), at, ("sans-serif", 13).into_font()))
+                    .map_err(|e| err(e.to_string()))?;
+            }
             for (p, &v) in img.iter().enumerate().take(side * side) {
                 let level = (255.0 * (1.0 - v.clamp(0.0, 1.0))).round() as u8;
                 let (x, y) = (

@@ -170,6 +170,39 @@ fn eval_scores_a_checkpoint_as_training_did() {
             assert_eq!(v["error"], trained["val_error"]);
         }
     }
+    // `mistakes` lists exactly the validation digits that scoring counted wrong.
+    let listed = tmp.path().join("mistakes");
+    let out = succeeds(
+        plasticity()
+            .args(["mistakes", "--split", "val", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&listed),
+    );
+    let wrong = (trained["val_error"].as_f64().unwrap() * 10000.0).round() as usize;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{wrong} of 10000 val examples wrong")),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(listed.join("mistakes.csv")).unwrap();
+    assert_eq!(csv.lines().count(), wrong + 1);
+    assert!(listed.join("mistakes.png").exists());
+}
+
+/// `plasticity ... | head` ends quietly when the reader goes away, as Unix tools do.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plasticity"))
+        .arg("presets")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

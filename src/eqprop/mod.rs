@@ -10,6 +10,7 @@ pub mod dynamics;
 pub mod exact;
 pub mod gradient;
 pub mod learning;
+pub mod mistakes;
 pub mod network;
 
 pub use activity::Activity;

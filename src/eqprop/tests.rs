@@ -659,3 +659,55 @@ fn glorots_500_500_coupling_has_a_singular_value_near_two() {
     assert!((1.85..2.05).contains(&glorot), "Glorot: {glorot}");
     assert!((half - glorot / 2.0).abs() < 1e-6, "{half} vs {glorot}");
 }
+
+/// A wrong output unit held at 1 by a bias beyond the clip by more than beta
+/// cannot be moved by the nudge: every mistake is unreachable (EP's update for
+/// it is exactly zero). With the bias inside the nudge's reach, the same
+/// mistakes move. The listing agrees with the error count of a plain evaluation.
+#[test]
+fn mistakes_pinned_past_the_clip_are_unreachable_and_others_are_not() {
+    let cfg = crate::config::Config {
+        layers: vec![16, 12, 10],
+        eval_block: 7,
+        ..crate::config::preset("eqprop-mnist-1h").unwrap()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let images = Matrix::from_vec(
+        30,
+        16,
+        (0..480).map(|_| rng.random_range(0.0..1.0)).collect(),
+    );
+    let labels: Vec<u8> = (0..30).map(|i| (i % 10) as u8).collect();
+    let data = crate::data::Dataset { images, labels };
+    let mut net = Network::seeded(&cfg.layers, 2);
+    // The outputs see only their biases: unit 3 wins every example (the 27 not
+    // labelled 3 are mistakes) and the other units sit at 0, past the clip by more
+    // than beta, so only unit 3 can move.
+    net.weights[1].fill(0.0);
+    net.biases[1].fill(-5.0);
+    for (bias, pinned) in [(5.0, true), (1.2, false)] {
+        net.biases[1][3] = bias;
+        let found = super::mistakes::mistakes(&cfg, &net, &data);
+        let wrong: Vec<usize> = (0..30).filter(|i| i % 10 != 3).collect();
+        assert_eq!(found.iter().map(|m| m.index).collect::<Vec<_>>(), wrong);
+        assert!(
+            found
+                .iter()
+                .all(|m| m.predicted == 3 && m.label as usize == m.index % 10)
+        );
+        assert!(
+            found.iter().all(|m| m.unreachable() == pinned),
+            "bias {bias}"
+        );
+        let mut learner = super::EqProp::from_network(
+            net.clone(),
+            super::Settings::from_config(&cfg),
+            &cfg,
+            [0, 0, 0],
+        );
+        assert_eq!(
+            crate::train::Learner::evaluate(&mut learner, &data).errors,
+            27
+        );
+    }
+}

@@ -787,12 +787,15 @@ fn mistakes_cmd(
             false => format!("{}>{}", m.label, m.predicted),
         })
         .collect();
-    let title = format!(
+    let mut title = format!(
         "{split} mistakes of {} (label>predicted; none: every output at 0): {} of {}",
         run.display(),
         found.len(),
         data.len()
     );
+    if found.len() > shown.len() {
+        title += &format!(", first {} shown", shown.len());
+    }
     let side = (data.images.cols as f64).sqrt() as usize;
     let png = out.join("mistakes.png");
     plasticity::plot::captioned_image_grid(&png, &title, &shown, &labels, side, 10, 3)?;

@@ -732,6 +732,14 @@ fn mistakes_cmd(
 ) -> Result<()> {
     use plasticity::eqprop::mistakes;
     let (cfg, net) = plasticity::eqprop::load_run(run)?;
+    if cfg.algorithm != plasticity::config::Algorithm::Eqprop {
+        return Err(Error::Config(format!(
+            "{} holds a {:?} model; `mistakes` asks whether EP's nudge reaches each digit, \
+             so give an EP run such as results/eqprop-mnist-1h",
+            run.display(),
+            cfg.algorithm
+        )));
+    }
     let splits = train::load_data(&cfg)?;
     let data = match split {
         "train" => &splits.train,

@@ -188,6 +188,18 @@ fn eval_scores_a_checkpoint_as_training_did() {
     let csv = std::fs::read_to_string(listed.join("mistakes.csv")).unwrap();
     assert_eq!(csv.lines().count(), wrong + 1);
     assert!(listed.join("mistakes.png").exists());
+    // A backprop run has no nudge to ask about.
+    let bp = tmp.path().join("bp");
+    succeeds(
+        plasticity()
+            .args(["train", "--preset", "backprop-mnist-1h", "--limit", "300"])
+            .args(["--eval-limit", "200", "--epochs", "1", "--out"])
+            .arg(&bp),
+    );
+    fails_with(
+        plasticity().args(["mistakes", "--run"]).arg(&bp),
+        "holds a Backprop model",
+    );
 }
 
 /// `plasticity ... | head` ends quietly when the reader goes away, as Unix tools do.

@@ -741,11 +741,7 @@ fn mistakes_cmd(
         )));
     }
     let splits = train::load_data(&cfg)?;
-    let data = match split {
-        "train" => &splits.train,
-        "val" => &splits.val,
-        _ => &splits.test,
-    };
+    let data = splits.named(split)?;
     let pool = train::thread_pool(threads.unwrap_or(cfg.threads))?;
     let found = pool.install(|| mistakes::mistakes(&cfg, &net, data));
     let unreachable = found.iter().filter(|m| m.unreachable()).count();

@@ -99,6 +99,20 @@ pub struct Splits {
     pub test: Dataset,
 }
 
+impl Splits {
+    /// The split named `train`, `val` or `test`.
+    pub fn named(&self, name: &str) -> Result<&Dataset> {
+        match name {
+            "train" => Ok(&self.train),
+            "val" => Ok(&self.val),
+            "test" => Ok(&self.test),
+            other => Err(Error::Config(format!(
+                "unknown split `{other}`; use train, val or test"
+            ))),
+        }
+    }
+}
+
 /// Loads and validates a directory of the four IDX files.
 pub fn load(dir: &Path) -> Result<Splits> {
     if !dir.is_dir() {

@@ -50,15 +50,19 @@ pub fn mistakes(cfg: &Config, net: &Network, data: &Dataset) -> Vec<Mistake> {
             b.load(data, r0..r1, &[], true);
             b.compute_input_drive(net);
             b.relax(net, Phase::Free, s.free_steps, s.epsilon, 0.0);
-            for (phase, beta) in [(Phase::Nudged, s.beta), (Phase::NudgedNeg, -s.beta)] {
-                b.start_from_free(phase);
-                b.relax(net, phase, s.nudged_steps, s.epsilon, beta);
-            }
             let output = |b: &Block, i: usize| b.free.last().unwrap().row(i).to_vec();
             let wrong: Vec<(usize, Vec<f32>)> = (0..b.rows)
                 .map(|i| (i, output(&b, i)))
                 .filter(|(i, out)| crate::tensor::kernels::argmax(out) != b.labels[*i] as usize)
                 .collect();
+            // A trained net gets most blocks right: nudge only where there is a mistake.
+            if wrong.is_empty() {
+                return Vec::new();
+            }
+            for (phase, beta) in [(Phase::Nudged, s.beta), (Phase::NudgedNeg, -s.beta)] {
+                b.start_from_free(phase);
+                b.relax(net, phase, s.nudged_steps, s.epsilon, beta);
+            }
             // The baseline: the free states carried on for the nudged phase's steps, unnudged.
             b.tolerance = 0.0;
             b.relax(net, Phase::Free, s.nudged_steps, s.epsilon, 0.0);

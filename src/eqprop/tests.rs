@@ -428,14 +428,21 @@ fn bandit_setup(explore: f32) -> (crate::config::Config, crate::data::Dataset) {
         explore: vec![explore, explore],
         ..crate::config::preset("eqprop-mnist-bandit").unwrap()
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    (cfg, random_digits(40, 16, 3))
+}
+
+/// `rows` random "images" of `cols` pixels in [0, 1], labelled 0, 1, ..., 9, 0, ...
+fn random_digits(rows: usize, cols: usize, seed: u64) -> crate::data::Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let images = Matrix::from_vec(
-        40,
-        16,
-        (0..640).map(|_| rng.random_range(0.0..1.0)).collect(),
+        rows,
+        cols,
+        (0..rows * cols)
+            .map(|_| rng.random_range(0.0..1.0))
+            .collect(),
     );
-    let labels = (0..40).map(|i| (i % 10) as u8).collect();
-    (cfg, crate::data::Dataset { images, labels })
+    let labels = (0..rows).map(|i| (i % 10) as u8).collect();
+    crate::data::Dataset { images, labels }
 }
 
 /// The label reaches only the environment: with the same images and seed, the
@@ -671,14 +678,7 @@ fn mistakes_pinned_past_the_clip_are_unreachable_and_others_are_not() {
         eval_block: 7,
         ..crate::config::preset("eqprop-mnist-1h").unwrap()
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let images = Matrix::from_vec(
-        30,
-        16,
-        (0..480).map(|_| rng.random_range(0.0..1.0)).collect(),
-    );
-    let labels: Vec<u8> = (0..30).map(|i| (i % 10) as u8).collect();
-    let data = crate::data::Dataset { images, labels };
+    let data = random_digits(30, 16, 5);
     let mut net = Network::seeded(&cfg.layers, 2);
     // The outputs see only their biases: unit 3 wins every example (the 27 not
     // labelled 3 are mistakes) and the other units sit at 0, past the clip by more

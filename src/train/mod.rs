@@ -512,16 +512,7 @@ pub fn evaluate_run(
         eval_limit: 0,
         ..cfg.clone()
     })?;
-    let data = match split {
-        "train" => &splits.train,
-        "val" => &splits.val,
-        "test" => &splits.test,
-        other => {
-            return Err(Error::Config(format!(
-                "unknown split `{other}`; use train, val or test"
-            )));
-        }
-    };
+    let data = splits.named(split)?;
     let ckpt = checkpoint::Loaded::read(&dir.join(CHECKPOINT_FILE))?;
     let epoch = ckpt
         .metadata()

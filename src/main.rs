@@ -593,11 +593,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let history = train::train(&cfg, &out, a.resume, a.force, &mut bar)?;
     if let Some(m) = history.last() {
         println!(
-            "final (epoch {}): train error {:.2}%, validation error {:.2}%, test error {:.2}%",
+            "final (epoch {}): train error {}, validation error {}, test error {}",
             m.epoch,
-            100.0 * m.train_error,
-            100.0 * m.val_error,
-            100.0 * m.test_error
+            train::percent(m.train_error),
+            train::percent(m.val_error),
+            train::percent(m.test_error)
         );
     }
     Ok(())
@@ -652,8 +652,8 @@ impl Progress for Bar {
             b.set_position(done as u64);
             if done % 1000 < 100 {
                 b.set_message(format!(
-                    "train error {:.2}%",
-                    100.0 * errors as f64 / done.max(1) as f64
+                    "train error {}",
+                    train::percent(errors as f64 / done.max(1) as f64)
                 ));
             }
         }
@@ -677,12 +677,12 @@ impl Progress for Bar {
             warm += &format!("  reward {r:.4}");
         }
         println!(
-            "epoch {:>3}/{}  train {:6.2}%  val {:6.2}%  test {:6.2}%{warm}  cost {:.4}  {:.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
+            "epoch {:>3}/{}  train {:>7}  val {:>7}  test {:>7}{warm}  cost {:.4}  {:.1} s  ({:.0} ex/s, {:.1} GFLOP/s)",
             m.epoch,
             self.epochs,
-            100.0 * m.train_error,
-            100.0 * m.val_error,
-            100.0 * m.test_error,
+            train::percent(m.train_error),
+            train::percent(m.val_error),
+            train::percent(m.test_error),
             m.train_cost,
             m.epoch_seconds,
             m.examples_per_second,
@@ -985,11 +985,11 @@ fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
         if let Some(m) = h.last() {
             let secs: f64 = h.iter().map(|m| m.epoch_seconds).sum();
             println!(
-                "{:<14} {:>7.2}% {:>7.2}% {:>7.2}% {:>11.1} {:>10.1}",
+                "{:<14} {:>8} {:>8} {:>8} {:>11.1} {:>10.1}",
                 name,
-                100.0 * m.train_error,
-                100.0 * m.val_error,
-                100.0 * m.test_error,
+                train::percent(m.train_error),
+                train::percent(m.val_error),
+                train::percent(m.test_error),
                 m.free_steps_mean.unwrap_or(f64::NAN),
                 secs
             );

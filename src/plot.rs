@@ -63,15 +63,9 @@ pub fn log_chart(
     chart(path, title, x_label, y_label, series, Some(plain))
 }
 
-/// Two decimals, more below 0.01% so that log-scale ticks there stay distinct.
+/// Log-axis tick labels as percentages (`train::percent`).
 fn percent(v: &f64) -> String {
-    let p = v * 100.0;
-    let decimals = if p > 0.0 && p < 0.01 {
-        (-p.log10()).ceil() as usize
-    } else {
-        2
-    };
-    format!("{p:.decimals$}%")
+    crate::train::percent(*v)
 }
 
 fn plain(v: &f64) -> String {
@@ -148,7 +142,7 @@ fn chart(
                 .y_label_formatter(&log_format.unwrap_or(percent))
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
-            draw_series(&mut chart, series, |p| p.1 > 0.0).map_err(err)?;
+            draw_series(&mut chart, series, |p| p.1 > 0.0, Some(y0)).map_err(err)?;
         } else {
             let mut chart = builder
                 .build_cartesian_2d(x0..x1, y0..y1)
@@ -162,7 +156,7 @@ fn chart(
             chart
                 .draw_series(LineSeries::new(vec![(x0, 0.0), (x1, 0.0)], BLACK.mix(0.5)))
                 .map_err(|e| err(e.to_string()))?;
-            draw_series(&mut chart, series, |p| p.1.is_finite()).map_err(err)?;
+            draw_series(&mut chart, series, |p| p.1.is_finite(), None).map_err(err)?;
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
@@ -243,8 +237,9 @@ pub fn captioned_image_grid(
     std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename plot into place", path, e))
 }
 
-/// Train/validation/test error per epoch (log scale; a 0.00% point is left
-/// out), with the warm-started errors where the run scored them.
+/// Train/validation/test error per epoch (log scale; a 0.00% point is an open
+/// circle on the bottom edge), with the warm-started errors where the run
+/// scored them.
 pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Result<()> {
     let pick =
         |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect();
@@ -281,15 +276,19 @@ pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Res
         path,
         &format!("{title}: error per epoch"),
         "epoch",
-        "error (log scale)",
+        "error (log scale; open circles on the bottom edge: 0.00%)",
         &series,
     )
 }
 
+/// Draws each series as a line with markers. Points that `keep` rejects break
+/// the line (a gap, never a line across them); with `zeros_at`, points whose
+/// value is exactly 0 (off a log axis) are drawn as open circles at that height.
 fn draw_series<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     series: &[Series<'_>],
     keep: impl Fn(&(f64, f64)) -> bool,
+    zeros_at: Option<f64>,
 ) -> std::result::Result<(), String>
 where
     DB: DrawingBackend + 'a,
@@ -297,21 +296,41 @@ where
     Y: Ranged<ValueType = f64>,
 {
     for s in series {
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(&keep).collect();
         let color = s.color;
+        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for &p in &s.points {
+            if keep(&p) {
+                segments.last_mut().expect("one segment").push(p);
+            } else if !segments.last().expect("one segment").is_empty() {
+                segments.push(Vec::new());
+            }
+        }
+        let pts: Vec<(f64, f64)> = segments.concat();
         let dense = pts.len() > 100;
         // Dense curves (an RL run's episodes) as thin lines without markers.
-        let line = LineSeries::new(pts.clone(), color.stroke_width(if dense { 1 } else { 2 }));
-        let drawn = chart.draw_series(line).map_err(|e| e.to_string())?;
-        // Curves without a name share the legend entry of a named one.
-        if !s.name.is_empty() {
-            drawn.label(s.name).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        let width = if dense { 1 } else { 2 };
+        let mut labelled = s.name.is_empty();
+        for seg in segments.into_iter().filter(|seg| !seg.is_empty()) {
+            let drawn = chart
+                .draw_series(LineSeries::new(seg, color.stroke_width(width)))
+                .map_err(|e| e.to_string())?;
+            // Curves without a name share the legend entry of a named one.
+            if !labelled {
+                labelled = true;
+                drawn.label(s.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
         }
         if !dense {
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(floor) = zeros_at {
+            let zeros = s.points.iter().filter(|p| p.1 == 0.0);
+            chart
+                .draw_series(zeros.map(|p| Circle::new((p.0, floor), 4, color.stroke_width(2))))
                 .map_err(|e| e.to_string())?;
         }
     }

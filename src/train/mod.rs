@@ -147,6 +147,20 @@ pub trait Learner {
     }
 }
 
+/// An error rate (a fraction) as a percentage for people: two decimals, more
+/// below 0.01% (as many as the first nonzero digit needs), so that a run one
+/// digit short of the paper's 0.00% (1 of 50,000 = 0.002%) never prints as if
+/// it had reached it, and log-axis ticks there stay distinct.
+pub fn percent(rate: f64) -> String {
+    let p = 100.0 * rate;
+    let decimals = if p > 0.0 && p < 0.01 {
+        (-p.log10()).ceil() as usize
+    } else {
+        2
+    };
+    format!("{p:.decimals$}%")
+}
+
 /// One line of metrics.jsonl. Errors are fractions in [0, 1].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -561,12 +575,12 @@ pub fn overlay(dirs: &[PathBuf], out: &Path) -> Result<String> {
         if let Some(m) = h.last() {
             let reward = m.mean_reward.map_or("-".into(), |r| format!("{r:.4}"));
             table += &format!(
-                "{:<48} {:>6} {:>7.2}% {:>7.2}% {:>7.2}% {:>8}\n",
+                "{:<48} {:>6} {:>8} {:>8} {:>8} {:>8}\n",
                 name,
                 m.epoch,
-                100.0 * m.train_error,
-                100.0 * m.val_error,
-                100.0 * m.test_error,
+                percent(m.train_error),
+                percent(m.val_error),
+                percent(m.test_error),
                 reward
             );
         }
@@ -632,6 +646,18 @@ mod tests {
     use super::*;
     use crate::tensor::Matrix;
     use rand::RngExt;
+
+    #[test]
+    fn a_nonzero_error_rate_never_prints_as_zero() {
+        assert_eq!(percent(0.0), "0.00%");
+        assert_eq!(percent(0.0183), "1.83%");
+        assert_eq!(percent(1.0), "100.00%");
+        assert_eq!(percent(1.0 / 50_000.0), "0.002%");
+        assert_eq!(percent(3.0 / 50_000.0), "0.006%");
+        assert_eq!(percent(1.0 / 1_000_000.0), "0.0001%");
+        assert_eq!(percent(0.00005), "0.005%");
+        assert_eq!(percent(0.0001), "0.01%");
+    }
 
     #[test]
     fn the_rate_schedule_falls_linearly_to_the_final_scale() {

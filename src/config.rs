@@ -14,6 +14,9 @@ pub enum Nudging {
     Positive,
     /// Two nudged phases, +beta and -beta, contrasted with each other
     /// (Laborieux et al. 2021): the estimate's bias falls from O(beta) to O(beta^2).
+    /// Scellier et al. (2023) call the same estimator centered EP, so
+    /// `nudging = "centered"` reads as this.
+    #[serde(alias = "centered")]
     Symmetric,
 }
 
@@ -751,6 +754,9 @@ mod tests {
         );
         let t: toml::Table = toml::from_str("nudging = \"sideways\"").unwrap();
         assert!(base.overlay(&t, "t").is_err());
+        // Centered EP (Scellier et al. 2023) is the symmetric estimator by another name.
+        let t: toml::Table = toml::from_str("nudging = \"centered\"").unwrap();
+        assert_eq!(base.overlay(&t, "t").unwrap().nudging, Nudging::Symmetric);
         let t: toml::Table = toml::from_str("learning_rates = [0.1]").unwrap();
         assert!(
             base.overlay(&t, "t")

@@ -670,7 +670,11 @@ impl Progress for Bar {
             b.finish_and_clear();
         }
         let mut warm = match (m.val_error_warm, m.test_error_warm) {
-            (Some(v), Some(t)) => format!("  (warm: val {:.2}% test {:.2}%)", 100.0 * v, 100.0 * t),
+            (Some(v), Some(t)) => format!(
+                "  (warm: val {} test {})",
+                train::percent(v),
+                train::percent(t)
+            ),
             _ => String::new(),
         };
         if let Some(r) = m.mean_reward {
@@ -746,11 +750,11 @@ fn mistakes_cmd(
     let found = pool.install(|| mistakes::mistakes(&cfg, &net, data));
     let unreachable = found.iter().filter(|m| m.unreachable()).count();
     println!(
-        "{} of {} {split} examples wrong from rest ({:.3}%); {unreachable} of them out of the \
+        "{} of {} {split} examples wrong from rest ({}); {unreachable} of them out of the \
          nudge's reach (beta {}: no state moves, so EP's update for them is exactly zero)",
         found.len(),
         data.len(),
-        100.0 * found.len() as f64 / data.len().max(1) as f64,
+        train::percent(found.len() as f64 / data.len().max(1) as f64),
         cfg.beta
     );
     println!(

@@ -297,22 +297,16 @@ where
 {
     for s in series {
         let color = s.color;
-        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
-        for &p in &s.points {
-            if keep(&p) {
-                segments.last_mut().expect("one segment").push(p);
-            } else if !segments.last().expect("one segment").is_empty() {
-                segments.push(Vec::new());
-            }
-        }
-        let pts: Vec<(f64, f64)> = segments.concat();
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(&keep).collect();
         let dense = pts.len() > 100;
         // Dense curves (an RL run's episodes) as thin lines without markers.
         let width = if dense { 1 } else { 2 };
         let mut labelled = s.name.is_empty();
-        for seg in segments.into_iter().filter(|seg| !seg.is_empty()) {
+        // The runs of kept points between rejected ones.
+        let segments = s.points.split(|p| !keep(p)).filter(|seg| !seg.is_empty());
+        for seg in segments {
             let drawn = chart
-                .draw_series(LineSeries::new(seg, color.stroke_width(width)))
+                .draw_series(LineSeries::new(seg.to_vec(), color.stroke_width(width)))
                 .map_err(|e| e.to_string())?;
             // Curves without a name share the legend entry of a named one.
             if !labelled {

@@ -1293,8 +1293,8 @@ fn bench_cmd(
 ) -> Result<()> {
     let pool = train::thread_pool(threads)?;
     let rows = pool.install(|| -> Result<Vec<bench::Row>> {
-        let one = bench::peak_gflops_one_core();
-        let peak = bench::peak_gflops(threads);
+        let one = bench::peak_gflops_alone();
+        let peak = bench::peak_gflops();
         let mut rows = vec![bench::Row {
             name: format!("fp32 peak ({threads} cores, FMA chains)"),
             seconds: 0.0,

@@ -294,6 +294,10 @@ enum Command {
         /// Skip the single-kernel measurements.
         #[arg(long)]
         no_kernels: bool,
+        /// Time this many successive epochs of each preset and report the fastest
+        /// (the note lists them all): other work on the machine only slows a run.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// cuda: time the GPU backend (relaxation steps, launches per step, epochs).
         #[arg(long, value_parser = parse_device, default_value = "cpu")]
         device: config::Device,
@@ -497,11 +501,17 @@ fn main() -> ExitCode {
             schemes,
             json,
             no_kernels,
+            repeat,
             device,
         }) => match device {
-            config::Device::Cpu => {
-                bench_cmd(&preset, &schemes, examples, threads, json, no_kernels)
-            }
+            config::Device::Cpu => bench_cmd(
+                &preset,
+                &schemes,
+                (examples, repeat),
+                threads,
+                json,
+                no_kernels,
+            ),
             config::Device::Cuda => bench_cuda_cmd(&preset, &schemes, examples, json),
         },
     };
@@ -1286,7 +1296,7 @@ fn presets_cmd() -> Result<()> {
 fn bench_cmd(
     presets: &[String],
     schemes: &[String],
-    examples: Option<usize>,
+    (examples, repeat): (Option<usize>, usize),
     threads: usize,
     json: bool,
     no_kernels: bool,
@@ -1318,7 +1328,7 @@ fn bench_cmd(
                 } else {
                     format!("{p} [{name}]")
                 };
-                rows.extend(bench::epoch(&label, &cfg, &splits, n, peak)?);
+                rows.extend(bench::epoch(&label, &cfg, &splits, n, repeat, peak)?);
             }
         }
         Ok(rows)

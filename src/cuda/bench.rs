@@ -113,7 +113,9 @@ pub fn run(presets: &[String], schemes: &[String], examples: usize) -> Result<Ve
                     ),
                 });
             }
-            rows.extend(crate::bench::epoch(&label, &cfg, &splits, examples, peak)?);
+            rows.extend(crate::bench::epoch(
+                &label, &cfg, &splits, examples, 1, peak,
+            )?);
         }
     }
     Ok(rows)

@@ -637,3 +637,37 @@ fn the_exact_gradient_learner_trains_and_refuses_the_bandit() {
         "recurrent-backprop",
     );
 }
+
+/// bench on a sliver of an epoch, twice: the epoch rows are the faster
+/// repeat's, and the note lists both totals.
+#[test]
+fn bench_reports_the_fastest_of_its_repeated_epochs() {
+    let out = succeeds(plasticity().args([
+        "bench",
+        "--no-kernels",
+        "--examples",
+        "40",
+        "--repeat",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let total = rows
+        .iter()
+        .find(|r| r["name"].as_str().unwrap().ends_with("epoch: total"))
+        .expect("an epoch total row");
+    let note = total["note"].as_str().unwrap();
+    let listed = note
+        .split("fastest of 2 epochs (totals ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s)").next())
+        .unwrap_or_else(|| panic!("no totals in {note:?}"));
+    let totals: Vec<f64> = listed.split(", ").map(|t| t.parse().unwrap()).collect();
+    assert_eq!(totals.len(), 2, "{note}");
+    let fastest = totals.iter().copied().fold(f64::INFINITY, f64::min);
+    let seconds = total["seconds"].as_f64().unwrap();
+    // The note rounds to milliseconds.
+    assert!((seconds - fastest).abs() <= 6e-4, "{seconds} vs {totals:?}");
+}

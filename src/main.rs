@@ -505,12 +505,7 @@ fn main() -> ExitCode {
             device,
         }) => match device {
             config::Device::Cpu => bench_cmd(
-                &preset,
-                &schemes,
-                (examples, repeat),
-                threads,
-                json,
-                no_kernels,
+                &preset, &schemes, examples, repeat, threads, json, no_kernels,
             ),
             config::Device::Cuda => bench_cuda_cmd(&preset, &schemes, examples, json),
         },
@@ -1296,7 +1291,8 @@ fn presets_cmd() -> Result<()> {
 fn bench_cmd(
     presets: &[String],
     schemes: &[String],
-    (examples, repeat): (Option<usize>, usize),
+    examples: Option<usize>,
+    repeat: usize,
     threads: usize,
     json: bool,
     no_kernels: bool,

@@ -200,3 +200,106 @@ fn one_epoch_of_each_preset_matches_the_cpu() {
         }
     }
 }
+
+/// The resident kernel (weights in shared memory, one block per tile) against
+/// the tiled persistent kernel, on each preset's shape at batch 20 with real
+/// images and trained weights (committed checkpoints, so that states sit inside
+/// the box rather than at its bounds): states after a free phase and a nudged
+/// phase, and the tracked largest change. Both sum in fixed orders, but
+/// different ones.
+#[test]
+fn resident_kernel_matches_the_tiled_kernel() {
+    use plasticity::cuda::{Engine, Relax, Set};
+    if !gpu_present() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (preset, checkpoint) in [
+        ("eqprop-mnist-1h", "results/eqprop-mnist-1h"),
+        ("eqprop-mnist-2h", "results/eqprop-mnist-2h"),
+        (
+            "eqprop-mnist-3h",
+            "results/eqprop-mnist-3h-even-odd-gain-0.5-symmetric",
+        ),
+    ] {
+        let cfg = Config {
+            limit: 100,
+            eval_limit: 100,
+            ..config::preset(preset).unwrap()
+        };
+        let splits = load_data(&cfg).unwrap();
+        let counts = [splits.train.len(), splits.val.len(), splits.test.len()];
+        let mut host = EqProp::new(&cfg, counts);
+        let path = root.join(checkpoint).join("checkpoint.safetensors");
+        let ckpt = plasticity::train::checkpoint::Loaded::read(&path).unwrap();
+        ckpt.restore(host.parameters_mut()).unwrap();
+        let net = host.net.clone();
+        let batch = cfg.batch_size;
+        let run = |resident: bool| {
+            let ctx = plasticity::cuda::open().unwrap();
+            let mut e = Engine::new(ctx, &cfg.layers, batch, false).unwrap();
+            e.use_resident = resident;
+            assert_eq!(
+                e.resident_active(),
+                resident,
+                "{preset}: resident kernel unavailable"
+            );
+            e.upload_params(&net).unwrap();
+            let bp = e.shape.bp;
+            let n0 = cfg.layers[0];
+            let mut x = vec![0.0f32; bp * n0];
+            x[..batch * n0].copy_from_slice(&splits.train.images.data[..batch * n0]);
+            let mut ip = vec![0i32; 2 * bp + 1];
+            for b in 0..batch {
+                ip[b] = b as i32;
+                ip[bp + b] = splits.train.labels[b] as i32;
+            }
+            ip[2 * bp] = batch as i32;
+            let mut fp = vec![0.0f32; 2 * e.shape.depth() + 2];
+            fp[0] = cfg.beta;
+            e.upload_batch(&x, &ip, &fp).unwrap();
+            e.load(Set::FreeA, None).unwrap();
+            e.input_drive().unwrap();
+            let relax = |steps, sign| Relax {
+                steps,
+                sign,
+                scheme: Relaxation::Synchronous,
+                eps: cfg.epsilon,
+                track_last: true,
+            };
+            let free = e.relax(Set::FreeA, &relax(41, 0.0)).unwrap();
+            let change = e.read_change().unwrap();
+            let free_states = e.download_states(free, batch).unwrap();
+            e.copy(free, Set::PosA).unwrap();
+            let pos = e.relax(Set::PosA, &relax(8, 1.0)).unwrap();
+            let pos_states = e.download_states(pos, batch).unwrap();
+            (free_states, pos_states, change)
+        };
+        let tiled = run(false);
+        let resident = run(true);
+        let interior = |s: &[Vec<f32>]| {
+            let all: Vec<f32> = s.iter().flatten().copied().collect();
+            all.iter().filter(|v| **v > 0.0 && **v < 1.0).count() as f64 / all.len() as f64
+        };
+        eprintln!(
+            "{preset}: {:.0}% of free states inside (0, 1)",
+            100.0 * interior(&tiled.0)
+        );
+        for (what, a, b) in [
+            ("free", &tiled.0, &resident.0),
+            ("nudged", &tiled.1, &resident.1),
+        ] {
+            for (k, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                let d = max_diff(x, y);
+                eprintln!(
+                    "{preset} {what} layer {}: max |tiled - resident| = {d:.2e}",
+                    k + 1
+                );
+                assert!(d < 1e-4, "{preset} {what} layer {}: {d}", k + 1);
+            }
+        }
+        let (c_t, c_r) = (tiled.2, resident.2);
+        eprintln!("{preset}: last free step's largest change {c_t:.3e} vs {c_r:.3e}");
+        assert!((c_t - c_r).abs() <= 1e-4 + 1e-3 * c_t.abs());
+    }
+}

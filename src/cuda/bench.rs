@@ -29,12 +29,29 @@ pub fn peak_gflops(ctx: &cudarc::driver::CudaContext) -> Result<(f64, String)> {
     Ok((peak, note))
 }
 
+/// How a phase's steps run on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// A graph of one-step launches of the tiled kernel.
+    Graph,
+    /// One cooperative launch of the tiled kernel (weights restaged each step).
+    Tiled,
+    /// One cooperative launch of the resident kernel (weights in shared memory).
+    Resident,
+}
+
 /// Seconds per relaxation step of the batch (a graph of `steps` steps, replayed)
-/// and kernel launches per step.
-pub fn time_steps(cfg: &Config, steps: usize, persistent: bool) -> Result<(f64, f64)> {
+/// and kernel launches per step; None where `kernel` does not apply.
+pub fn time_steps(cfg: &Config, steps: usize, kernel: Kernel) -> Result<Option<(f64, f64)>> {
     let ctx = open()?;
     let mut e = Engine::new(ctx, &cfg.layers, cfg.batch_size, cfg.tf32)?;
-    e.persistent &= persistent;
+    e.persistent &= kernel != Kernel::Graph;
+    e.use_resident = kernel == Kernel::Resident;
+    if kernel == Kernel::Resident
+        && (!e.resident_active() || cfg.relaxation != Relaxation::Synchronous)
+    {
+        return Ok(None);
+    }
     e.upload_params(&Network::initial(cfg))?;
     let bp = e.shape.bp;
     let mut ip = vec![0i32; 2 * bp + 1];
@@ -62,7 +79,10 @@ pub fn time_steps(cfg: &Config, steps: usize, persistent: bool) -> Result<(f64, 
         graph.launch().map_err(super::device_error)?;
     }
     e.synchronize()?;
-    Ok((t.elapsed().as_secs_f64() / (reps * steps) as f64, launches))
+    Ok(Some((
+        t.elapsed().as_secs_f64() / (reps * steps) as f64,
+        launches,
+    )))
 }
 
 pub fn run(presets: &[String], schemes: &[String], examples: usize) -> Result<Vec<Row>> {
@@ -96,11 +116,14 @@ pub fn run(presets: &[String], schemes: &[String], examples: usize) -> Result<Ve
                 Relaxation::Synchronous => "synchronous",
                 Relaxation::EvenOdd => "even/odd",
             };
-            for (persistent, how) in [
-                (false, "graph of step kernels"),
-                (true, "persistent kernel"),
+            for (kernel, how) in [
+                (Kernel::Graph, "graph of step kernels"),
+                (Kernel::Tiled, "persistent kernel"),
+                (Kernel::Resident, "resident weights"),
             ] {
-                let (secs, launches) = time_steps(&cfg, 200, persistent)?;
+                let Some((secs, launches)) = time_steps(&cfg, 200, kernel)? else {
+                    continue;
+                };
                 rows.push(Row {
                     name: format!("{label}: one {what} step, batch {} [{how}]", cfg.batch_size),
                     seconds: secs,

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cuda_layout;
 pub mod data;
 pub mod eqprop;
 pub mod error;

@@ -8,7 +8,8 @@
 pub mod bench;
 mod engine;
 
-pub use engine::{Engine, MAX_BATCH, Relax, Set, Shape};
+pub use crate::cuda_layout::{MAX_BATCH, ResidentPlan, Shape};
+pub use engine::{Engine, Relax, Set};
 
 use crate::config::{Config, NudgedUpdate, Nudging};
 use crate::data::Dataset;

@@ -1,7 +1,7 @@
 // EP's relaxation and learning rule on the GPU, compiled by NVRTC at start-up.
 //
 // The host prepends the network's shape as constants (see `header` in
-// src/cuda/engine.rs): L layers after the input, BP batch columns, the layer
+// src/cuda_layout.rs): L layers after the input, BP batch columns, the layer
 // sizes N[0..=L] and the offsets of every state, weight and bias.
 //
 // Layout (explicit, because it decides coalescing):

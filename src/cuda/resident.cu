@@ -4,7 +4,7 @@
 // One persistent block per "resident tile": RT_NU[t] units of layer
 // RT_LAYER[t] from unit RT_J0[t], all BP batch columns. The host sizes the
 // tiles so that every block does about the same work (units x inputs) and
-// there is at most one block per SM (src/cuda/engine.rs, `ResidentPlan`).
+// there is at most one block per SM (src/cuda_layout.rs, `ResidentPlan`).
 // A tile's weights (its K inputs x NU units) are loaded into shared memory
 // once per phase; a step then reads from L2 only the K x BP states of the
 // layers below and above, and every block sums its own units' drives in full,

@@ -507,7 +507,7 @@ fn main() -> ExitCode {
             config::Device::Cpu => bench_cmd(
                 &preset, &schemes, examples, repeat, threads, json, no_kernels,
             ),
-            config::Device::Cuda => bench_cuda_cmd(&preset, &schemes, examples, json),
+            config::Device::Cuda => bench_cuda_cmd(&preset, &schemes, examples, repeat, json),
         },
     };
     match result {
@@ -1363,15 +1363,16 @@ fn bench_cuda_cmd(
     presets: &[String],
     schemes: &[String],
     examples: Option<usize>,
+    repeat: usize,
     json: bool,
 ) -> Result<()> {
-    let rows = plasticity::cuda::bench::run(presets, schemes, examples.unwrap_or(0))?;
+    let rows = plasticity::cuda::bench::run(presets, schemes, examples.unwrap_or(0), repeat)?;
     print_rows(rows, json);
     Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_cuda_cmd(_: &[String], _: &[String], _: Option<usize>, _: bool) -> Result<()> {
+fn bench_cuda_cmd(_: &[String], _: &[String], _: Option<usize>, _: usize, _: bool) -> Result<()> {
     Err(Error::Device(
         "--device cuda: this build has no GPU support; rebuild with \
          `cargo build --release --features cuda`"

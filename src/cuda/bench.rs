@@ -85,7 +85,14 @@ pub fn time_steps(cfg: &Config, steps: usize, kernel: Kernel) -> Result<Option<(
     )))
 }
 
-pub fn run(presets: &[String], schemes: &[String], examples: usize) -> Result<Vec<Row>> {
+/// `repeat`: successive epochs of each preset, the fastest reported (the
+/// first includes capturing the batch graphs).
+pub fn run(
+    presets: &[String],
+    schemes: &[String],
+    examples: usize,
+    repeat: usize,
+) -> Result<Vec<Row>> {
     let (peak, about) = peak_gflops(open()?.as_ref())?;
     let mut rows = vec![Row {
         name: "GPU fp32 peak (no tensor cores)".into(),
@@ -137,7 +144,7 @@ pub fn run(presets: &[String], schemes: &[String], examples: usize) -> Result<Ve
                 });
             }
             rows.extend(crate::bench::epoch(
-                &label, &cfg, &splits, examples, 1, peak,
+                &label, &cfg, &splits, examples, repeat, peak,
             )?);
         }
     }

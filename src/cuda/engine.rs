@@ -79,6 +79,26 @@ impl Relax {
     }
 }
 
+/// Device pointers of a phase kernel's buffers (see `Engine::phase_args`).
+struct PhaseArgs {
+    a: CUdeviceptr,
+    b: CUdeviceptr,
+    p: CUdeviceptr,
+    d0: CUdeviceptr,
+    t: CUdeviceptr,
+    fp: CUdeviceptr,
+    ip: CUdeviceptr,
+    change: CUdeviceptr,
+}
+
+impl PhaseArgs {
+    /// The seven buffers every phase kernel takes first, in kernels.cu's order.
+    fn push<'a>(&'a self, l: &mut cudarc::driver::LaunchArgs<'a>) {
+        l.arg(&self.a).arg(&self.b).arg(&self.p).arg(&self.d0);
+        l.arg(&self.t).arg(&self.fp).arg(&self.ip);
+    }
+}
+
 /// Per-example states kept on the device: count examples x N[k] per layer.
 pub struct Particles {
     pub count: usize,
@@ -468,6 +488,31 @@ impl Engine {
         Ok(cur)
     }
 
+    /// The buffers a phase kernel reads and writes: the ping-pong pair from
+    /// `start`, parameters, input drive, targets, float and int parameters,
+    /// and the largest-change slot, zeroed if tracked (else null).
+    fn phase_args(&self, start: Set, track_last: bool) -> Result<PhaseArgs> {
+        let st = &self.stream;
+        let change = if track_last {
+            let c = ptr(&self.change, st);
+            // SAFETY: one u32.
+            unsafe { drv::memset_d8_async(c, 0, 4, st.cu_stream()) }.map_err(err)?;
+            c
+        } else {
+            0
+        };
+        Ok(PhaseArgs {
+            a: self.set(start),
+            b: self.set(start.other()),
+            p: ptr(&self.params, st),
+            d0: ptr(&self.drive0, st),
+            t: ptr(&self.target, st),
+            fp: ptr(&self.fparams, st),
+            ip: ptr(&self.iparams, st),
+            change,
+        })
+    }
+
     /// `relax` as one cooperative launch of relax_phase.
     fn relax_persistent(&mut self, start: Set, r: &Relax) -> Result<Set> {
         let Relax {
@@ -480,22 +525,8 @@ impl Engine {
         if steps == 0 {
             return Ok(start);
         }
+        let args = self.phase_args(start, track_last)?;
         let st = &self.stream;
-        let change = if track_last {
-            let c = ptr(&self.change, st);
-            // SAFETY: one u32.
-            unsafe { drv::memset_d8_async(c, 0, 4, st.cu_stream()) }.map_err(err)?;
-            c
-        } else {
-            0
-        };
-        let (a, b) = (self.set(start), self.set(start.other()));
-        let (p, d0, t) = (
-            ptr(&self.params, st),
-            ptr(&self.drive0, st),
-            ptr(&self.target, st),
-        );
-        let (fp, ip) = (ptr(&self.fparams, st), ptr(&self.iparams, st));
         let (part, cnt, bar) = (
             ptr(&self.partial, st),
             ptr(&self.counters, st),
@@ -508,9 +539,9 @@ impl Engine {
             if even_odd { 1.0f32 } else { eps },
         );
         let mut l = st.launch_builder(&self.phase);
-        l.arg(&a).arg(&b).arg(&p).arg(&d0).arg(&t).arg(&fp).arg(&ip);
+        args.push(&mut l);
         l.arg(&sign).arg(&eps).arg(&eo).arg(&n);
-        l.arg(&part).arg(&cnt).arg(&change).arg(&bar);
+        l.arg(&part).arg(&cnt).arg(&args.change).arg(&bar);
         let cfg = LaunchConfig {
             grid_dim: (self.phase_blocks, 1, 1),
             block_dim: ((KW * 32) as u32, 1, 1),
@@ -541,29 +572,15 @@ impl Engine {
         if r.steps == 0 {
             return Ok(start);
         }
+        let args = self.phase_args(start, r.track_last)?;
         let st = &self.stream;
-        let change = if r.track_last {
-            let c = ptr(&self.change, st);
-            // SAFETY: one u32.
-            unsafe { drv::memset_d8_async(c, 0, 4, st.cu_stream()) }.map_err(err)?;
-            c
-        } else {
-            0
-        };
-        let (a, b) = (self.set(start), self.set(start.other()));
-        let (p, d0, t) = (
-            ptr(&self.params, st),
-            ptr(&self.drive0, st),
-            ptr(&self.target, st),
-        );
-        let (fp, ip) = (ptr(&self.fparams, st), ptr(&self.iparams, st));
         let count = ptr(&self.rt_count, st);
         // SAFETY: one u32.
         unsafe { drv::memset_d8_async(count, 0, 4, st.cu_stream()) }.map_err(err)?;
         let (sign, eps, n) = (r.sign, r.eps, r.steps as i32);
         let mut l = st.launch_builder(func);
-        l.arg(&a).arg(&b).arg(&p).arg(&d0).arg(&t).arg(&fp).arg(&ip);
-        l.arg(&sign).arg(&eps).arg(&n).arg(&change).arg(&count);
+        args.push(&mut l);
+        l.arg(&sign).arg(&eps).arg(&n).arg(&args.change).arg(&count);
         let blocks = self.shape.resident.as_ref().map_or(0, |p| p.tiles.len()) as u32;
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),

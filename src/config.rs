@@ -151,8 +151,8 @@ pub struct Config {
     /// One learning rate per weight matrix W_k (the bias of layer k+1 shares it).
     pub learning_rates: Vec<f32>,
     /// The rates fall linearly from `learning_rates` in the first epoch to this
-    /// multiple of them in the last (1: constant, as the paper). EP and backprop
-    /// on the CPU.
+    /// multiple of them in the last (1: constant, as the paper). EP, backprop and
+    /// the generative model (its Adam rates) on the CPU.
     #[serde(default = "one")]
     pub final_rate_scale: f32,
     /// The last epoch at the full rates; the fall to `final_rate_scale` starts
@@ -514,11 +514,14 @@ impl Config {
                     self.final_rate_scale
                 ));
             }
-            let supported = matches!(self.algorithm, Algorithm::Eqprop | Algorithm::Backprop);
+            let supported = matches!(
+                self.algorithm,
+                Algorithm::Eqprop | Algorithm::Backprop | Algorithm::Generative
+            );
             if !supported || self.device != Device::Cpu {
                 return bad(
-                    "final_rate_scale (a decaying learning rate) is for algorithm = \"eqprop\" \
-                     or \"backprop\" on device = \"cpu\"; remove it"
+                    "final_rate_scale (a decaying learning rate) is for algorithm = \"eqprop\", \
+                     \"backprop\" or \"generative\" on device = \"cpu\"; remove it"
                         .into(),
                 );
             }
@@ -786,8 +789,8 @@ mod tests {
         };
         assert_eq!(with("eqprop-mnist-1h", "").unwrap().final_rate_scale, 0.1);
         assert!(with("backprop-mnist-1h", "").is_ok());
+        assert!(with("generative-mnist-2h", "").is_ok());
         for (p, extra) in [
-            ("generative-mnist-2h", ""),
             ("node-perturbation-mnist-bandit", ""),
             ("eqprop-mnist-1h", "device = \"cuda\""),
         ] {

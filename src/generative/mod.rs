@@ -312,6 +312,8 @@ pub struct Generative {
     pub model: Model,
     settings: GenerativeSettings,
     rates: Vec<f32>,
+    /// Multiplies every Adam rate (the config's `final_rate_scale` schedule).
+    rate_scale: f32,
     /// Adam moments, encoder and decoder per pair, and the step count.
     adam: Vec<(Adam, Adam)>,
     steps: Vec<f32>,
@@ -340,6 +342,7 @@ impl Generative {
             eval: Work::new(&model, cfg.eval_block),
             settings: cfg.generative(),
             rates: cfg.learning_rates.clone(),
+            rate_scale: 1.0,
             top_sums: (vec![0.0; n_top], vec![0.0; n_top], 0),
             model,
         }
@@ -350,7 +353,7 @@ impl Generative {
         self.pair_gradients(k, rng);
         let p = &self.train.pairs[k - 1];
         let t = self.steps[0];
-        let lr = self.rates[k - 1];
+        let lr = self.rates[k - 1] * self.rate_scale;
         let (ae, ad) = &mut self.adam[k - 1];
         ae.step(&mut self.model.enc[k - 1], &p.enc_grad, lr, t);
         ad.step(&mut self.model.dec[k - 1], &p.dec_grad, lr, t);
@@ -439,6 +442,10 @@ impl Generative {
 }
 
 impl Learner for Generative {
+    fn set_rate_scale(&mut self, scale: f32) {
+        self.rate_scale = scale;
+    }
+
     fn train_batch(&mut self, data: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> Stats {
         let d = Model::dynamics(&self.settings);
         let w = &mut self.train;

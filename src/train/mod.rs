@@ -700,7 +700,11 @@ mod tests {
             labels: (0..20).map(|i| (i % 10) as u8).collect(),
         };
         let idx: Vec<usize> = (0..20).collect();
-        for preset in ["eqprop-mnist-1h", "backprop-mnist-1h", "generative-mnist-2h"] {
+        for preset in [
+            "eqprop-mnist-1h",
+            "backprop-mnist-1h",
+            "generative-mnist-2h",
+        ] {
             let cfg = Config {
                 layers: vec![16, 12, 10],
                 threads: 1,

@@ -451,11 +451,7 @@ impl Engine {
     /// Relaxes from `start` (sync: ping-pong with its pair; even/odd: in
     /// place). Returns the set holding the result.
     pub fn relax(&mut self, start: Set, r: &Relax) -> Result<Set> {
-        if self.persistent
-            && self.use_resident
-            && self.resident.is_some()
-            && r.scheme == Relaxation::Synchronous
-        {
+        if self.resident_active() && r.scheme == Relaxation::Synchronous {
             return self.relax_resident(start, r);
         }
         if self.persistent {

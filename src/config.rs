@@ -237,6 +237,10 @@ pub struct Config {
     /// Generative: how the layer pairs learn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair_training: Option<PairTraining>,
+    /// Generative: samples drawn with the paper's sampler after every epoch for
+    /// a validation Parzen estimate in the metrics (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_parzen_samples: Option<usize>,
 }
 
 /// The generative model's settings, resolved (see the keys of [`Config`]).
@@ -248,6 +252,7 @@ pub struct GenerativeSettings {
     pub inference_rate: f32,
     pub top_down: f32,
     pub pair_training: PairTraining,
+    pub epoch_parzen_samples: usize,
 }
 
 /// Names of the presets, in the order `plasticity presets` lists them.
@@ -326,6 +331,7 @@ pub fn preset(name: &str) -> Result<Config> {
         inference_rate: None,
         top_down: None,
         pair_training: None,
+        epoch_parzen_samples: None,
     };
     match name {
         "eqprop-mnist-1h" => Ok(base(vec![784, 500, 10], 20, 4, 1.0, vec![0.2, 0.1], 25)),
@@ -667,6 +673,7 @@ impl Config {
             inference_rate: self.inference_rate.unwrap_or(0.1),
             top_down: self.top_down.unwrap_or(0.001),
             pair_training: self.pair_training.unwrap_or_default(),
+            epoch_parzen_samples: self.epoch_parzen_samples.unwrap_or(2000),
         }
     }
 

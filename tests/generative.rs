@@ -52,6 +52,7 @@ fn trains_learns_resumes_and_its_commands_run() {
         "log_p_feed_forward_x",
         "h1_spread",
         "h2_mean",
+        "parzen_val",
     ] {
         assert!(m[2][key].as_f64().unwrap().is_finite(), "{key}");
     }
@@ -96,7 +97,12 @@ fn trains_learns_resumes_and_its_commands_run() {
             .arg("--run")
             .arg(&a),
     );
-    for f in ["samples_ancestral.png", "samples_refined.png", "chain.png"] {
+    for f in [
+        "samples_ancestral.png",
+        "samples_refined.png",
+        "chain.png",
+        "parzen_curve.png",
+    ] {
         assert!(a.join(f).exists(), "{f}");
     }
     succeeds(

@@ -281,6 +281,11 @@ pub struct QualityRow {
     pub nearest_train_median: Option<f64>,
     /// Fraction of samples closer to a training image than 99% of test images are.
     pub near_copies: Option<f64>,
+    /// The test log-likelihood of each digit class's images, 0 to 9: a class
+    /// the samples miss shows as a low entry.
+    pub parzen_test_by_digit: Vec<f64>,
+    /// The share of samples that the classifier reads as each digit, 0 to 9.
+    pub digit_shares: Vec<f64>,
 }
 
 /// `plasticity parzen`: the paper's Parzen table for ancestral and refined
@@ -345,8 +350,34 @@ pub fn parzen_run(
             .copied()
             .max_by(|a, b| a.mean.total_cmp(&b.mean))
             .expect("a sigma");
-        let test: Parzen = evaluate::parzen(samples, &splits.test.images, &[best.sigma])[0];
-        let (m, c) = evaluate::moments(&features(samples));
+        let per_image =
+            evaluate::parzen_per_image(samples, &splits.test.images, &[best.sigma]).remove(0);
+        let (mean, stderr) = evaluate::mean_stderr(&per_image);
+        let test = Parzen {
+            sigma: best.sigma,
+            mean,
+            stderr,
+        };
+        let by_digit = (0..10u8)
+            .map(|d| {
+                let of_d: Vec<f64> = per_image
+                    .iter()
+                    .zip(&splits.test.labels)
+                    .filter(|(_, l)| **l == d)
+                    .map(|(v, _)| *v)
+                    .collect();
+                evaluate::mean_stderr(&of_d).0
+            })
+            .collect();
+        let f = features(samples);
+        let (m, c) = evaluate::moments(&f);
+        let classes = crate::data::CLASSES;
+        let mut shares = vec![0.0; classes];
+        for i in 0..f.rows {
+            let row = f.row(i);
+            shares[crate::tensor::kernels::argmax(&row[row.len() - classes..])] +=
+                1.0 / f.rows as f64;
+        }
         let frechet = evaluate::frechet(&m, &c, &test_moments.0, &test_moments.1);
         let reference = name.starts_with("training");
         let (mut median, mut copies) = (None, None);
@@ -379,6 +410,8 @@ pub fn parzen_run(
             frechet,
             nearest_train_median: median,
             near_copies: copies,
+            parzen_test_by_digit: by_digit,
+            digit_shares: shares,
         });
     }
     let test_median = {
@@ -417,6 +450,27 @@ pub fn parzen_run(
             nn,
             copies
         );
+    }
+    let _ = writeln!(table, "Parzen test by digit class (0-9):");
+    for r in &rows {
+        let digits: Vec<String> = r
+            .parzen_test_by_digit
+            .iter()
+            .map(|v| format!("{v:6.1}"))
+            .collect();
+        let _ = writeln!(table, "{:<56} {}", r.samples, digits.join(" "));
+    }
+    let _ = writeln!(
+        table,
+        "share of samples the classifier reads as each digit (0-9):"
+    );
+    for r in &rows {
+        let shares: Vec<String> = r
+            .digit_shares
+            .iter()
+            .map(|v| format!("{:5.1}%", 100.0 * v))
+            .collect();
+        let _ = writeln!(table, "{:<56} {}", r.samples, shares.join(" "));
     }
     let _ = writeln!(
         table,

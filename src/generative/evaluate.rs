@@ -38,10 +38,26 @@ pub struct Parzen {
     pub stderr: f64,
 }
 
-/// log p(x) under a Gaussian Parzen window of width sigma centred on each
-/// sample, for every image of `data` and every sigma in `sigmas`:
-///   log p(x) = logsumexp_i(-|x - s_i|^2 / (2 sigma^2)) - ln n - d/2 ln(2 pi sigma^2).
+/// Mean and standard error of [`parzen_per_image`] for every sigma in `sigmas`.
 pub fn parzen(samples: &Matrix, data: &Matrix, sigmas: &[f32]) -> Vec<Parzen> {
+    sigmas
+        .iter()
+        .zip(parzen_per_image(samples, data, sigmas))
+        .map(|(&sigma, v)| {
+            let (mean, stderr) = mean_stderr(&v);
+            Parzen {
+                sigma,
+                mean,
+                stderr,
+            }
+        })
+        .collect()
+}
+
+/// log p(x) under a Gaussian Parzen window of width sigma centred on each
+/// sample, for every image of `data` (inner) and every sigma in `sigmas` (outer):
+///   log p(x) = logsumexp_i(-|x - s_i|^2 / (2 sigma^2)) - ln n - d/2 ln(2 pi sigma^2).
+pub fn parzen_per_image(samples: &Matrix, data: &Matrix, sigmas: &[f32]) -> Vec<Vec<f64>> {
     let d = data.cols as f64;
     let n = samples.rows as f64;
     let norms = row_norms(samples);
@@ -65,21 +81,11 @@ pub fn parzen(samples: &Matrix, data: &Matrix, sigmas: &[f32]) -> Vec<Parzen> {
             }
         }
     }
-    sigmas
-        .iter()
-        .zip(per_image)
-        .map(|(&sigma, v)| {
-            let (mean, stderr) = mean_stderr(&v);
-            Parzen {
-                sigma,
-                mean,
-                stderr,
-            }
-        })
-        .collect()
+    per_image
 }
 
-fn mean_stderr(v: &[f64]) -> (f64, f64) {
+/// Mean and standard error of the mean.
+pub fn mean_stderr(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);

@@ -230,6 +230,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "run_state.safetensors";
 pub const CURVE_FILE: &str = "learning_curve.png";
+/// The generative model's validation Parzen per epoch (`parzen_val`).
+pub const PARZEN_CURVE_FILE: &str = "parzen_curve.png";
 
 /// The data a config asks for, with `limit` and `eval_limit` applied.
 pub fn load_data(cfg: &Config) -> Result<Splits> {
@@ -490,8 +492,31 @@ fn save_epoch(
         .map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n")
         .collect();
     checkpoint::write_atomic(&dir.join(METRICS_FILE), lines.as_bytes())?;
-    crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, history)?;
-    Ok(())
+    draw_curves(dir, &cfg.preset, history)
+}
+
+/// The learning curve, and the generative model's per-epoch sample quality
+/// where its metrics carry one.
+fn draw_curves(dir: &Path, preset: &str, history: &[EpochMetrics]) -> Result<()> {
+    crate::plot::learning_curve(&dir.join(CURVE_FILE), preset, history)?;
+    let parzen: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|m| Some((m.epoch as f64, *m.extra.get("parzen_val")?)))
+        .collect();
+    if parzen.is_empty() {
+        return Ok(());
+    }
+    crate::plot::linear_chart(
+        &dir.join(PARZEN_CURVE_FILE),
+        &format!("{preset}: the paper's sampler per epoch"),
+        "epoch",
+        "validation Parzen log-likelihood (nats)",
+        &[crate::plot::Series {
+            name: "validation",
+            points: parzen,
+            color: crate::plot::PALETTE[1],
+        }],
+    )
 }
 
 /// A checkpoint scored on one split (`evaluate_run`).
@@ -638,7 +663,7 @@ fn read_metrics(dir: &Path) -> Result<Vec<EpochMetrics>> {
 pub fn replot(dir: &Path) -> Result<()> {
     let cfg = read_run_config(dir)?;
     let history = read_metrics(dir)?;
-    crate::plot::learning_curve(&dir.join(CURVE_FILE), &cfg.preset, &history)
+    draw_curves(dir, &cfg.preset, &history)
 }
 
 #[cfg(test)]

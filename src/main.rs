@@ -129,7 +129,7 @@ enum Command {
         #[arg(long, default_value = "results/gdu")]
         out: PathBuf,
     },
-    /// Redraw runs' learning_curve.png from their metrics.jsonl.
+    /// Redraw runs' learning_curve.png (and a generative run's parzen_curve.png) from their metrics.jsonl.
     /// With --out: overlays several runs (test error and, for bandits, mean reward per
     /// epoch) into OUT.png and OUT_reward.png and prints their last epochs as a table.
     Plot {
@@ -845,10 +845,12 @@ struct SamplerArgs {
     /// The top prior's variance is the codes' variance times this (the paper: 4).
     #[arg(long, default_value_t = 4.0)]
     prior_scale: f32,
-    /// Top prior: diagonal (the paper's, from the checkpoint), full (ours: a
-    /// full-covariance Gaussian fitted to the inferred codes of 10,000 training images)
+    /// Top prior: diagonal (the paper's, from the checkpoint: the codes' mean and
+    /// variance summed over the last training epoch), diagonal-fit (the same Gaussian
+    /// fitted after training to the inferred codes of 10,000 training images, as the
+    /// paper describes it), full (ours: a full-covariance Gaussian fitted to those codes)
     /// or mixture (ours: --components full-covariance Gaussians fitted to them by EM).
-    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full", "mixture"])]
+    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "diagonal-fit", "full", "mixture"])]
     prior: String,
     /// Components of the mixture prior.
     #[arg(long, default_value_t = 10)]
@@ -863,6 +865,7 @@ impl SamplerArgs {
     fn sampler(&self) -> generative::sample::Sampler {
         generative::sample::Sampler {
             prior: match self.prior.as_str() {
+                "diagonal-fit" => generative::sample::PriorKind::DiagonalFit,
                 "full" => generative::sample::PriorKind::Full,
                 "mixture" => generative::sample::PriorKind::Mixture(self.components.max(1)),
                 _ => generative::sample::PriorKind::Diagonal,

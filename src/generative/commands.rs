@@ -54,6 +54,10 @@ fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sa
     };
     match s.prior {
         PriorKind::Diagonal => Prior::Diagonal,
+        PriorKind::DiagonalFit => {
+            let (images, d) = fit_on();
+            sample::fit_diagonal_prior(model, &images, &d)
+        }
         PriorKind::Full => {
             let (images, d) = fit_on();
             sample::fit_full_prior(model, &images, &d)
@@ -326,6 +330,7 @@ pub fn parzen_run(
     let mut rows = Vec::new();
     let kind = match refined.prior {
         PriorKind::Diagonal => "diagonal".to_string(),
+        PriorKind::DiagonalFit => "diagonal (fitted after training)".to_string(),
         PriorKind::Full => "full".to_string(),
         PriorKind::Mixture(c) => format!("{c}-component mixture"),
     };

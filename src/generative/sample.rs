@@ -39,6 +39,8 @@ pub enum Prior {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PriorKind {
     Diagonal,
+    /// The paper's diagonal Gaussian, fitted after training (see [`fit_diagonal_prior`]).
+    DiagonalFit,
     Full,
     /// A mixture of this many full-covariance Gaussians.
     Mixture(usize),
@@ -100,6 +102,18 @@ pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
     let (mean, cov) = super::evaluate::moments(&inferred_codes(model, images, d));
     // A small ridge keeps the factor defined when a unit never moves.
     gaussian(&mean, &cov, 1e-6)
+}
+
+/// The paper's prior as it describes it, "set after training": a diagonal
+/// Gaussian of the top codes that `d` infers for `images` with the final
+/// model. The checkpoint's own diagonal prior (`Prior::Diagonal`) is summed
+/// over the last epoch's codes while the model still learns, which drifts
+/// from this where training moves the codes fast.
+pub fn fit_diagonal_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
+    let (mean, cov) = super::evaluate::moments(&inferred_codes(model, images, d));
+    let n = mean.len();
+    let diagonal = Mat::<f64>::from_fn(n, n, |i, j| if i == j { cov[(i, i)] } else { 0.0 });
+    gaussian(&mean, &diagonal, 1e-6)
 }
 
 /// Fits [`Prior::Mixture`] of `components` full-covariance Gaussians to the

@@ -367,14 +367,11 @@ fn corruption_is_relative_to_the_layer_and_spikes_average_bernoullis() {
 }
 
 #[test]
-fn the_full_prior_factors_the_codes_covariance() {
+fn the_fitted_priors_factor_the_codes_covariance() {
     let g = setup(PairTraining::Dae, 13);
     let mut rng = ChaCha8Rng::seed_from_u64(14);
     let images = random_matrix(300, SIZES[0], &mut rng);
     let d = Model::dynamics(&config(PairTraining::Dae).generative());
-    let Prior::Full { mean, chol } = sample::fit_full_prior(&g.model, &images, &d) else {
-        panic!("a full prior");
-    };
     // The codes again, by the same inference.
     let mut h: Vec<Matrix> = SIZES.iter().map(|&n| Matrix::zeros(300, n)).collect();
     h[0] = images.clone();
@@ -383,20 +380,31 @@ fn the_full_prior_factors_the_codes_covariance() {
     inference::infer(&g.model, &mut h, &d, &mut s, None, None);
     let codes = rows64(&h[2]);
     let n = SIZES[2];
-    for i in 0..n {
-        let m: f64 = codes.iter().map(|c| c[i]).sum::<f64>() / 300.0;
-        assert!((m - mean[i] as f64).abs() < 1e-5);
-        for j in 0..n {
-            let mj: f64 = codes.iter().map(|c| c[j]).sum::<f64>() / 300.0;
-            let cov: f64 = codes.iter().map(|c| (c[i] - m) * (c[j] - mj)).sum::<f64>() / 299.0;
-            let llt: f64 = (0..n)
-                .map(|k| chol[i * n + k] as f64 * chol[j * n + k] as f64)
-                .sum();
-            let ridge = if i == j { 1e-6 } else { 0.0 };
-            assert!(
-                (llt - cov - ridge).abs() < 1e-5,
-                "({i},{j}): {llt} vs {cov}"
-            );
+    let full = sample::fit_full_prior(&g.model, &images, &d);
+    let diagonal = sample::fit_diagonal_prior(&g.model, &images, &d);
+    for (prior, keeps_correlations) in [(full, true), (diagonal, false)] {
+        let Prior::Full { mean, chol } = prior else {
+            panic!("a Gaussian");
+        };
+        for i in 0..n {
+            let m: f64 = codes.iter().map(|c| c[i]).sum::<f64>() / 300.0;
+            assert!((m - mean[i] as f64).abs() < 1e-5);
+            for j in 0..n {
+                let mj: f64 = codes.iter().map(|c| c[j]).sum::<f64>() / 300.0;
+                let mut cov: f64 =
+                    codes.iter().map(|c| (c[i] - m) * (c[j] - mj)).sum::<f64>() / 299.0;
+                if i != j && !keeps_correlations {
+                    cov = 0.0;
+                }
+                let llt: f64 = (0..n)
+                    .map(|k| chol[i * n + k] as f64 * chol[j * n + k] as f64)
+                    .sum();
+                let ridge = if i == j { 1e-6 } else { 0.0 };
+                assert!(
+                    (llt - cov - ridge).abs() < 1e-5,
+                    "({i},{j}): {llt} vs {cov}"
+                );
+            }
         }
     }
 }

@@ -78,6 +78,12 @@ fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sa
     }
 }
 
+/// The digit an EP classifier's free-phase states (`eqprop::free_states`, one
+/// row: every layer, the output last) read.
+fn classified_digit(states: &[f32]) -> usize {
+    crate::tensor::kernels::argmax(&states[states.len() - crate::data::CLASSES..])
+}
+
 fn rows_of(m: &Matrix, n: usize) -> Vec<&[f32]> {
     (0..n.min(m.rows)).map(|i| m.row(i)).collect()
 }
@@ -363,7 +369,7 @@ pub fn parzen_run(
             mean,
             stderr,
         };
-        let by_digit = (0..10u8)
+        let by_digit = (0..crate::data::CLASSES as u8)
             .map(|d| {
                 let of_d: Vec<f64> = per_image
                     .iter()
@@ -376,12 +382,9 @@ pub fn parzen_run(
             .collect();
         let f = features(samples);
         let (m, c) = evaluate::moments(&f);
-        let classes = crate::data::CLASSES;
-        let mut shares = vec![0.0; classes];
+        let mut shares = vec![0.0; crate::data::CLASSES];
         for i in 0..f.rows {
-            let row = f.row(i);
-            shares[crate::tensor::kernels::argmax(&row[row.len() - classes..])] +=
-                1.0 / f.rows as f64;
+            shares[classified_digit(f.row(i))] += 1.0 / f.rows as f64;
         }
         let frechet = evaluate::frechet(&m, &c, &test_moments.0, &test_moments.1);
         let reference = name.starts_with("training");
@@ -456,27 +459,23 @@ pub fn parzen_run(
             copies
         );
     }
-    let _ = writeln!(table, "Parzen test by digit class (0-9):");
-    for r in &rows {
-        let digits: Vec<String> = r
-            .parzen_test_by_digit
-            .iter()
-            .map(|v| format!("{v:6.1}"))
-            .collect();
-        let _ = writeln!(table, "{:<56} {}", r.samples, digits.join(" "));
-    }
-    let _ = writeln!(
-        table,
-        "share of samples the classifier reads as each digit (0-9):"
+    let mut per_digit = |title: &str, cell: &dyn Fn(&QualityRow) -> Vec<String>| {
+        let _ = writeln!(table, "{title} (0-9):");
+        for r in &rows {
+            let _ = writeln!(table, "{:<56} {}", r.samples, cell(r).join(" "));
+        }
+    };
+    per_digit("Parzen test by digit class", &|r| {
+        let v = &r.parzen_test_by_digit;
+        v.iter().map(|v| format!("{v:6.1}")).collect()
+    });
+    per_digit(
+        "share of samples the classifier reads as each digit",
+        &|r| {
+            let v = &r.digit_shares;
+            v.iter().map(|v| format!("{:5.1}%", 100.0 * v)).collect()
+        },
     );
-    for r in &rows {
-        let shares: Vec<String> = r
-            .digit_shares
-            .iter()
-            .map(|v| format!("{:5.1}%", 100.0 * v))
-            .collect();
-        let _ = writeln!(table, "{:<56} {}", r.samples, shares.join(" "));
-    }
     let _ = writeln!(
         table,
         "test digits' median distance to their nearest training image: {test_median:.2}; \
@@ -578,12 +577,8 @@ pub fn inpaint_run(
     let (ccfg, net) = crate::eqprop::load_run(classifier)?;
     let accuracy = |m: &Matrix| {
         let f = crate::eqprop::free_states(&ccfg, &net, m);
-        let classes = crate::data::CLASSES;
         let right = (0..m.rows)
-            .filter(|&i| {
-                let row = f.row(i);
-                crate::tensor::kernels::argmax(&row[row.len() - classes..]) == labels[i] as usize
-            })
+            .filter(|&i| classified_digit(f.row(i)) == labels[i] as usize)
             .count();
         right as f64 / m.rows.max(1) as f64
     };

@@ -332,7 +332,6 @@ pub fn parzen_run(
     let mut sorted = test_nn.clone();
     sorted.sort_by(f32::total_cmp);
     let copy_line = sorted[sorted.len() / 100];
-    let grid = evaluate::sigma_grid();
     let mut rows = Vec::new();
     let kind = match refined.prior {
         PriorKind::Diagonal => "diagonal".to_string(),
@@ -355,20 +354,10 @@ pub fn parzen_run(
         (format!("training images ({count}, reference)"), &real),
     ];
     for (name, samples) in named {
-        let val = evaluate::parzen(samples, &splits.val.images, &grid);
-        let best = val
-            .iter()
-            .copied()
-            .max_by(|a, b| a.mean.total_cmp(&b.mean))
-            .expect("a sigma");
+        let best = evaluate::best_parzen(samples, &splits.val.images);
         let per_image =
             evaluate::parzen_per_image(samples, &splits.test.images, &[best.sigma]).remove(0);
-        let (mean, stderr) = evaluate::mean_stderr(&per_image);
-        let test = Parzen {
-            sigma: best.sigma,
-            mean,
-            stderr,
-        };
+        let test = Parzen::of(best.sigma, &per_image);
         let by_digit = (0..crate::data::CLASSES as u8)
             .map(|d| {
                 let of_d: Vec<f64> = per_image

@@ -43,15 +43,29 @@ pub fn parzen(samples: &Matrix, data: &Matrix, sigmas: &[f32]) -> Vec<Parzen> {
     sigmas
         .iter()
         .zip(parzen_per_image(samples, data, sigmas))
-        .map(|(&sigma, v)| {
-            let (mean, stderr) = mean_stderr(&v);
-            Parzen {
-                sigma,
-                mean,
-                stderr,
-            }
-        })
+        .map(|(&sigma, v)| Parzen::of(sigma, &v))
         .collect()
+}
+
+impl Parzen {
+    /// The estimate from the per-image log-likelihoods at window `sigma`.
+    pub fn of(sigma: f32, per_image: &[f64]) -> Self {
+        let (mean, stderr) = mean_stderr(per_image);
+        Parzen {
+            sigma,
+            mean,
+            stderr,
+        }
+    }
+}
+
+/// The estimate at the window of [`sigma_grid`] that scores best on `data`
+/// (the paper's choice of sigma, made on validation images).
+pub fn best_parzen(samples: &Matrix, data: &Matrix) -> Parzen {
+    parzen(samples, data, &sigma_grid())
+        .into_iter()
+        .max_by(|a, b| a.mean.total_cmp(&b.mean))
+        .expect("a sigma")
 }
 
 /// log p(x) under a Gaussian Parzen window of width sigma centred on each

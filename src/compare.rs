@@ -73,7 +73,7 @@ pub fn run(
     let mut all = Vec::new();
     for s in schemes {
         let cfg = s.apply(base)?;
-        let history = train::train(&cfg, &out.join(s.name), false, true, progress)?;
+        let history = train::train(&cfg, &out.join(s.name), false, true, None, progress)?;
         all.push((s.name.to_string(), history));
     }
     let mut csv =
@@ -82,12 +82,15 @@ pub fn run(
         let mut t = 0.0;
         for m in h {
             t += m.epoch_seconds;
-            let steps = m
-                .free_steps_mean
-                .map_or(String::new(), |s| format!("{s:.2}"));
+            let field = |v: Option<f64>, f: fn(f64) -> String| v.map_or(String::new(), f);
+            let steps = field(m.free_steps_mean, |s| format!("{s:.2}"));
+            let (val, test) = (
+                field(m.val_error, |e| e.to_string()),
+                field(m.test_error, |e| e.to_string()),
+            );
             csv += &format!(
-                "{name},{},{},{},{},{t:.3},{steps}\n",
-                m.epoch, m.train_error, m.val_error, m.test_error
+                "{name},{},{},{val},{test},{t:.3},{steps}\n",
+                m.epoch, m.train_error
             );
         }
     }
@@ -99,9 +102,9 @@ pub fn run(
                 let mut t = 0.0;
                 let points = h
                     .iter()
-                    .map(|m| {
+                    .filter_map(|m| {
                         t += m.epoch_seconds;
-                        (if by_time { t } else { m.epoch as f64 }, m.val_error)
+                        Some((if by_time { t } else { m.epoch as f64 }, m.val_error?))
                     })
                     .collect();
                 Series {

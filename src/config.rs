@@ -193,6 +193,11 @@ pub struct Config {
     /// from-rest errors are reported either way.
     #[serde(default)]
     pub eval_warm: bool,
+    /// Score validation and test every this many epochs (and always in the last);
+    /// the epochs between log no validation or test numbers. Training does not
+    /// depend on it: evaluation touches only its own states.
+    #[serde(default = "one_usize")]
+    pub eval_every: usize,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -314,6 +319,7 @@ pub fn preset(name: &str) -> Result<Config> {
         tolerance: 0.0,
         persistent_particles: true,
         eval_warm: true,
+        eval_every: 1,
         epochs,
         batch_size: 20,
         seed: 1,
@@ -619,6 +625,7 @@ impl Config {
             ("batch_size", self.batch_size),
             ("threads", self.threads),
             ("eval_block", self.eval_block),
+            ("eval_every", self.eval_every),
         ] {
             if v == 0 {
                 return Err(Error::Config(format!("{name} must be at least 1")));

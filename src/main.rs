@@ -129,6 +129,19 @@ enum Command {
         #[arg(long, default_value = "results/gdu")]
         out: PathBuf,
     },
+    /// Write a run's state with its persistent particles coded at 8 bits (a quarter of
+    /// the bytes; parameters and metrics exact), to carry a run to a machine that cannot
+    /// take the whole state: put it there as DIR/run_state.safetensors and `train --resume`.
+    /// The resumed run is then close to, not bit-identical with, an unbroken one: each
+    /// particle moves by at most 1/510 of its tensor's range before relaxing again.
+    Pack {
+        /// Run directory made by `plasticity train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// File to write (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Redraw runs' learning_curve.png (and a generative run's parzen_curve.png) from their metrics.jsonl.
     /// With --out: overlays several runs (test error and, for bandits, mean reward per
     /// epoch) into OUT.png and OUT_reward.png and prints their last epochs as a table.
@@ -345,6 +358,10 @@ struct TrainArgs {
     /// Use only the first N validation and test examples (smoke runs).
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// Start no epoch that would end more than this many seconds after the start
+    /// (judged by the longest epoch so far); the run stays resumable with --resume.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -388,6 +405,10 @@ fn main() -> ExitCode {
             beta,
             out,
         }) => gdu_cmd(&preset, run.as_deref(), examples, steps, beta, &out),
+        Some(Command::Pack { run, out }) => {
+            train::checkpoint::pack(&run.join(train::STATE_FILE), &out)
+                .map(|bytes| println!("{}: {:.1} MB", out.display(), bytes as f64 / 1e6))
+        }
         Some(Command::Plot { run, out: None }) => run.iter().try_for_each(|r| train::replot(r)),
         Some(Command::Plot {
             run,
@@ -595,15 +616,34 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     };
     eprintln!("run directory: {}", out.display());
     let mut bar = Bar::default();
-    let history = train::train(&cfg, &out, a.resume, a.force, &mut bar)?;
+    let time_limit = a
+        .time_limit
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+                Error::Config(format!(
+                    "--time-limit {s}: give a number of seconds, 0 or more"
+                ))
+            })
+        })
+        .transpose()?;
+    let history = train::train(&cfg, &out, a.resume, a.force, time_limit, &mut bar)?;
     if let Some(m) = history.last() {
         println!(
             "final (epoch {}): train error {}, validation error {}, test error {}",
             m.epoch,
             train::percent(m.train_error),
-            train::percent(m.val_error),
-            train::percent(m.test_error)
+            train::percent_or_dash(m.val_error),
+            train::percent_or_dash(m.test_error)
         );
+        if time_limit.is_some() && m.epoch < cfg.epochs {
+            println!(
+                "stopped at the time limit after epoch {} of {}; continue with \
+                 `plasticity train --resume --out {}`",
+                m.epoch,
+                cfg.epochs,
+                out.display()
+            );
+        }
     }
     Ok(())
 }
@@ -690,8 +730,8 @@ impl Progress for Bar {
             m.epoch,
             self.epochs,
             train::percent(m.train_error),
-            train::percent(m.val_error),
-            train::percent(m.test_error),
+            train::percent_or_dash(m.val_error),
+            train::percent_or_dash(m.test_error),
             m.train_cost,
             m.epoch_seconds,
             m.examples_per_second,
@@ -1000,8 +1040,8 @@ fn compare_cmd(a: TrainArgs, names: &[String]) -> Result<()> {
                 "{:<14} {:>8} {:>8} {:>8} {:>11.1} {:>10.1}",
                 name,
                 train::percent(m.train_error),
-                train::percent(m.val_error),
-                train::percent(m.test_error),
+                train::percent_or_dash(m.val_error),
+                train::percent_or_dash(m.test_error),
                 m.free_steps_mean.unwrap_or(f64::NAN),
                 secs
             );

@@ -241,12 +241,18 @@ pub fn captioned_image_grid(
 /// circle on the bottom edge), with the warm-started errors where the run
 /// scored them.
 pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Result<()> {
-    let pick =
-        |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect();
+    // Epochs that `eval_every` skipped have no validation or test point; the
+    // lines join the epochs that were scored.
+    let pick = |f: fn(&EpochMetrics) -> Option<f64>| {
+        history
+            .iter()
+            .filter_map(|m| Some((m.epoch as f64, f(m)?)))
+            .collect()
+    };
     let mut series = vec![
         Series {
             name: "train",
-            points: pick(|m| m.train_error),
+            points: pick(|m| Some(m.train_error)),
             color: PALETTE[0],
         },
         Series {
@@ -263,12 +269,12 @@ pub fn learning_curve(path: &Path, title: &str, history: &[EpochMetrics]) -> Res
     if history.iter().any(|m| m.val_error_warm.is_some()) {
         series.push(Series {
             name: "validation (warm)",
-            points: pick(|m| m.val_error_warm.unwrap_or(f64::NAN)),
+            points: pick(|m| m.val_error_warm),
             color: PALETTE[3],
         });
         series.push(Series {
             name: "test (warm)",
-            points: pick(|m| m.test_error_warm.unwrap_or(f64::NAN)),
+            points: pick(|m| m.test_error_warm),
             color: PALETTE[4],
         });
     }

@@ -125,6 +125,129 @@ fn resume_continues_exactly() {
 }
 
 #[test]
+fn a_time_limit_stops_between_epochs_and_resume_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, limited) = (tmp.path().join("s"), tmp.path().join("l"));
+    assert!(smoke(&straight, &["--epochs", "3"]).status.success());
+    // With no time at all, the first epoch runs (nothing measured yet) and no other.
+    let out = smoke(&limited, &["--epochs", "3", "--time-limit", "0"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stopped at the time limit after epoch 1 of 3"),
+        "{stdout}"
+    );
+    assert_eq!(metrics(&limited).len(), 1);
+    succeeds(
+        plasticity()
+            .args(["train", "--resume", "--out"])
+            .arg(&limited),
+    );
+    assert_eq!(metrics(&limited), metrics(&straight));
+    fails_with(
+        plasticity()
+            .args(["train", "--resume", "--time-limit=-1", "--out"])
+            .arg(&limited),
+        "--time-limit -1",
+    );
+}
+
+#[test]
+fn eval_every_skips_scoring_but_not_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (every, second) = (tmp.path().join("e"), tmp.path().join("s"));
+    let config = tmp.path().join("every-2.toml");
+    std::fs::write(&config, "eval_every = 2\n").unwrap();
+    assert!(smoke(&every, &["--epochs", "3"]).status.success());
+    let config_args = ["--epochs", "3", "--config", config.to_str().unwrap()];
+    assert!(smoke(&second, &config_args).status.success());
+    let (e, s) = (metrics(&every), metrics(&second));
+    for k in 0..3 {
+        for key in ["train_error", "train_cost", "free_phase_residual"] {
+            assert_eq!(e[k][key], s[k][key], "epoch {}: {key}", k + 1);
+        }
+    }
+    // Epoch 1 unscored; epoch 2 (every second) and 3 (the last) scored from rest as usual.
+    for key in ["val_error", "test_error", "val_cost", "val_error_warm"] {
+        assert!(s[0][key].is_null(), "{key}: {:?}", s[0]);
+    }
+    for k in [1, 2] {
+        assert_eq!(e[k]["val_error"], s[k]["val_error"]);
+        assert_eq!(e[k]["test_error"], s[k]["test_error"]);
+        assert!(s[k]["val_error_warm"].is_f64());
+    }
+    assert!(second.join("learning_curve.png").is_file());
+    std::fs::write(&config, "eval_every = 0\n").unwrap();
+    fails_with(
+        plasticity().args(["train", "--config", config.to_str().unwrap()]),
+        "eval_every must be at least 1",
+    );
+}
+
+#[test]
+fn pack_carries_a_run_at_8_bits_and_resume_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("r");
+    assert!(smoke(&run, &["--epochs", "2"]).status.success());
+    let state = run.join("run_state.safetensors");
+    let packed = tmp.path().join("packed.safetensors");
+    succeeds(
+        plasticity()
+            .args(["pack", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&packed),
+    );
+    let (full, compressed) = (
+        std::fs::read(&state).unwrap(),
+        std::fs::read(&packed).unwrap(),
+    );
+    let small = zstd::stream::decode_all(compressed.as_slice()).unwrap();
+    assert!(compressed.len() < small.len());
+    let (f, p) = (
+        safetensors::SafeTensors::deserialize(&full).unwrap(),
+        safetensors::SafeTensors::deserialize(&small).unwrap(),
+    );
+    // The particles shrink to a quarter (less a header's worth of range metadata).
+    let particle_bytes: usize = f
+        .tensors()
+        .iter()
+        .filter(|(name, _)| name.contains("particles"))
+        .map(|(_, t)| t.data().len())
+        .sum();
+    assert!(particle_bytes > 0);
+    assert!(full.len() - small.len() + 4096 >= particle_bytes * 3 / 4);
+    for name in f.names() {
+        let (a, b) = (f.tensor(name).unwrap(), p.tensor(name).unwrap());
+        if name.contains("particles") {
+            assert_eq!(b.dtype(), safetensors::Dtype::U8, "{name}");
+            let (rows, cols) = (a.shape()[0], a.shape()[1]);
+            assert_eq!(b.shape(), [cols, rows], "{name} is stored unit-major");
+        } else {
+            assert_eq!(a.data(), b.data(), "{name} must stay exact");
+        }
+    }
+    // Resumed from the packed state, the run goes on and keeps its history.
+    std::fs::copy(&packed, &state).unwrap();
+    succeeds(
+        plasticity()
+            .args(["train", "--resume", "--epochs", "3", "--out"])
+            .arg(&run),
+    );
+    let m = metrics(&run);
+    assert_eq!(m.len(), 3);
+    assert!(m[2]["train_error"].as_f64().unwrap() < 0.5, "{:?}", m[2]);
+    fails_with(
+        plasticity()
+            .args(["pack", "--out"])
+            .arg(&packed)
+            .arg("--run")
+            .arg(tmp.path().join("none")),
+        "cannot read checkpoint",
+    );
+}
+
+#[test]
 fn eval_scores_a_checkpoint_as_training_did() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");

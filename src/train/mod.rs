@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sums over a set of examples.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -161,18 +161,24 @@ pub fn percent(rate: f64) -> String {
     format!("{p:.decimals$}%")
 }
 
+/// `percent` of a rate that an epoch may lack (`eval_every`): "-" when absent.
+pub fn percent_or_dash(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), percent)
+}
+
 /// One line of metrics.jsonl. Errors are fractions in [0, 1].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     /// Free-phase errors on the training examples during the epoch (as the paper measures it).
     pub train_error: f64,
-    pub val_error: f64,
-    pub test_error: f64,
+    /// Validation and test (absent in epochs that `eval_every` skips).
+    pub val_error: Option<f64>,
+    pub test_error: Option<f64>,
     /// Mean 1/2 |output - target|^2 at the free fixed points of the epoch.
     pub train_cost: f64,
-    pub val_cost: f64,
-    pub test_cost: f64,
+    pub val_cost: Option<f64>,
+    pub test_cost: Option<f64>,
     /// With `eval_warm`: errors when each example's free phase starts from its
     /// fixed point of the previous epoch (the protocol of the paper's code).
     pub val_error_warm: Option<f64>,
@@ -304,13 +310,18 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
 /// Trains `cfg` into `dir`. With `resume`, continues the run in `dir` from its
 /// last completed epoch (its config.toml rules; `cfg.epochs` may extend it).
 /// Without it, refuses a directory that already holds a run unless `force`.
+/// With `time_limit`, starts no epoch that would end past it (judged by the
+/// longest epoch so far), leaving the run to be resumed: for machines lent by
+/// the hour.
 pub fn train(
     cfg: &Config,
     dir: &Path,
     resume: bool,
     force: bool,
+    time_limit: Option<Duration>,
     progress: &mut (dyn Progress + Send),
 ) -> Result<Vec<EpochMetrics>> {
+    let started = Instant::now();
     let splits = load_data(cfg)?;
     let pool = thread_pool(cfg.threads)?;
     pool.install(|| {
@@ -323,7 +334,19 @@ pub fn train(
             Vec::new()
         };
         std::fs::write(dir.join(CONFIG_FILE), cfg.to_toml()).map_err(|e| unwritable(dir, e))?;
-        run_epochs(cfg, dir, learner.as_mut(), &splits, history, progress)
+        let sitting = Sitting {
+            started,
+            time_limit,
+        };
+        run_epochs(
+            cfg,
+            dir,
+            learner.as_mut(),
+            &splits,
+            history,
+            sitting,
+            progress,
+        )
     })
 }
 
@@ -383,19 +406,40 @@ pub fn read_run_config(dir: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
+/// When this call of `train` began, and how long it may take.
+struct Sitting {
+    started: Instant,
+    time_limit: Option<Duration>,
+}
+
+impl Sitting {
+    /// Whether another epoch as long as `longest` would end past the limit.
+    fn out_of_time(&self, longest: Option<Duration>) -> bool {
+        match (self.time_limit, longest) {
+            (Some(limit), Some(longest)) => self.started.elapsed() + longest > limit,
+            _ => false,
+        }
+    }
+}
+
 fn run_epochs(
     cfg: &Config,
     dir: &Path,
     learner: &mut (dyn Learner + Send),
     splits: &Splits,
     mut history: Vec<EpochMetrics>,
+    sitting: Sitting,
     progress: &mut (dyn Progress + Send),
 ) -> Result<Vec<EpochMetrics>> {
     let n = splits.train.len();
     let (train_flops, _) = learner.flops_per_example();
     progress.start(&learner.describe(), history.len() + 1, cfg.epochs);
     let mut order: Vec<usize> = (0..n).collect();
+    let mut longest_epoch = None;
     for epoch in history.len() + 1..=cfg.epochs {
+        if sitting.out_of_time(longest_epoch) {
+            break;
+        }
         // Each epoch's randomness depends only on (seed, epoch): resume is exact.
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(epoch as u64);
@@ -425,12 +469,18 @@ fn run_epochs(
         learner.sync_host()?;
         learner.check_finite(epoch)?;
         let train_seconds = t0.elapsed().as_secs_f64();
-        progress.evaluating("validation");
-        let val = learner.evaluate(&splits.val);
-        progress.evaluating("test");
-        let test = learner.evaluate(&splits.test);
-        let val_warm = learner.evaluate_warm(&splits.val, 0);
-        let test_warm = learner.evaluate_warm(&splits.test, 1);
+        let scored = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
+        let (val, test, val_warm, test_warm) = if scored {
+            progress.evaluating("validation");
+            let val = learner.evaluate(&splits.val);
+            progress.evaluating("test");
+            let test = learner.evaluate(&splits.test);
+            let val_warm = learner.evaluate_warm(&splits.val, 0);
+            let test_warm = learner.evaluate_warm(&splits.test, 1);
+            (Some(val), Some(test), val_warm, test_warm)
+        } else {
+            (None, None, None, None)
+        };
         let free_steps_mean = learner.take_free_steps_mean();
         let extra = learner.end_epoch(&splits.val).into_iter().collect();
         // A tolerance may stop free phases early: count the FLOPs of the steps taken.
@@ -443,11 +493,11 @@ fn run_epochs(
         let m = EpochMetrics {
             epoch,
             train_error: train.error_rate(),
-            val_error: val.error_rate(),
-            test_error: test.error_rate(),
+            val_error: val.map(|s| s.error_rate()),
+            test_error: test.map(|s| s.error_rate()),
             train_cost: train.mean_cost(),
-            val_cost: val.mean_cost(),
-            test_cost: test.mean_cost(),
+            val_cost: val.map(|s| s.mean_cost()),
+            test_cost: test.map(|s| s.mean_cost()),
             val_error_warm: val_warm.map(|s| s.error_rate()),
             test_error_warm: test_warm.map(|s| s.error_rate()),
             free_phase_residual: learner.free_phase_residual(),
@@ -461,6 +511,7 @@ fn run_epochs(
         };
         history.push(m.clone());
         save_epoch(cfg, dir, learner, &history)?;
+        longest_epoch = longest_epoch.max(Some(t0.elapsed()));
         progress.epoch_end(&m);
     }
     Ok(history)
@@ -483,8 +534,11 @@ fn save_epoch(
         "metrics".to_string(),
         serde_json::to_string(history).expect("metrics serialize"),
     );
+    let state = learner.run_state();
+    let names: Vec<&str> = state.iter().map(|t| t.name.as_str()).collect();
+    state_meta.insert(checkpoint::STATE_TENSORS_KEY.to_string(), names.join(","));
     let mut all = learner.parameters();
-    all.extend(learner.run_state());
+    all.extend(state);
     checkpoint::save(&dir.join(STATE_FILE), &all, state_meta)?;
     checkpoint::save(&dir.join(CHECKPOINT_FILE), &learner.parameters(), meta)?;
     let lines: String = history
@@ -604,8 +658,8 @@ pub fn overlay(dirs: &[PathBuf], out: &Path) -> Result<String> {
                 name,
                 m.epoch,
                 percent(m.train_error),
-                percent(m.val_error),
-                percent(m.test_error),
+                percent_or_dash(m.val_error),
+                percent_or_dash(m.test_error),
                 reward
             );
         }
@@ -629,7 +683,7 @@ pub fn overlay(dirs: &[PathBuf], out: &Path) -> Result<String> {
         "test error per epoch",
         "epoch",
         "test error",
-        &series(|m| Some(m.test_error)),
+        &series(|m| m.test_error),
     )?;
     let rewards = series(|m| m.mean_reward);
     if !rewards.is_empty() {

@@ -198,6 +198,12 @@ pub struct Config {
     /// depend on it: evaluation touches only its own states.
     #[serde(default = "one_usize")]
     pub eval_every: usize,
+    /// Write the run state, checkpoint, metrics and curves every this many
+    /// epochs, and after the last epoch of a run or of a time-limited sitting.
+    /// A crash loses at most this many epochs less one; the 3h net's 423 MB
+    /// state takes about 1 s to write, 15% of its GPU epoch.
+    #[serde(default = "one_usize")]
+    pub checkpoint_every: usize,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -320,6 +326,7 @@ pub fn preset(name: &str) -> Result<Config> {
         persistent_particles: true,
         eval_warm: true,
         eval_every: 1,
+        checkpoint_every: 1,
         epochs,
         batch_size: 20,
         seed: 1,
@@ -626,6 +633,7 @@ impl Config {
             ("threads", self.threads),
             ("eval_block", self.eval_block),
             ("eval_every", self.eval_every),
+            ("checkpoint_every", self.checkpoint_every),
         ] {
             if v == 0 {
                 return Err(Error::Config(format!("{name} must be at least 1")));

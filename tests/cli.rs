@@ -157,7 +157,8 @@ fn eval_every_skips_scoring_but_not_training() {
     let tmp = tempfile::tempdir().unwrap();
     let (every, second) = (tmp.path().join("e"), tmp.path().join("s"));
     let config = tmp.path().join("every-2.toml");
-    std::fs::write(&config, "eval_every = 2\n").unwrap();
+    // Saving every second epoch (and after the last) changes nothing but when.
+    std::fs::write(&config, "eval_every = 2\ncheckpoint_every = 2\n").unwrap();
     assert!(smoke(&every, &["--epochs", "3"]).status.success());
     let config_args = ["--epochs", "3", "--config", config.to_str().unwrap()];
     assert!(smoke(&second, &config_args).status.success());
@@ -227,16 +228,21 @@ fn pack_carries_a_run_at_8_bits_and_resume_reads_it() {
             assert_eq!(a.data(), b.data(), "{name} must stay exact");
         }
     }
-    // Resumed from the packed state, the run goes on and keeps its history.
+    // Resumed from the packed state, the run goes on, keeps its history, and
+    // its next epoch is within 2 of 300 training errors of the unbroken run's.
+    let straight = tmp.path().join("s");
+    assert!(smoke(&straight, &["--epochs", "3"]).status.success());
     std::fs::copy(&packed, &state).unwrap();
     succeeds(
         plasticity()
             .args(["train", "--resume", "--epochs", "3", "--out"])
             .arg(&run),
     );
-    let m = metrics(&run);
+    let (m, s) = (metrics(&run), metrics(&straight));
     assert_eq!(m.len(), 3);
-    assert!(m[2]["train_error"].as_f64().unwrap() < 0.5, "{:?}", m[2]);
+    assert_eq!(m[..2], s[..2]);
+    let gap = (m[2]["train_error"].as_f64().unwrap() - s[2]["train_error"].as_f64().unwrap()).abs();
+    assert!(gap <= 2.0 / 300.0 + 1e-12, "{:?} vs {:?}", m[2], s[2]);
     fails_with(
         plasticity()
             .args(["pack", "--out"])

@@ -437,9 +437,6 @@ fn run_epochs(
     let mut order: Vec<usize> = (0..n).collect();
     let mut longest_epoch = None;
     for epoch in history.len() + 1..=cfg.epochs {
-        if sitting.out_of_time(longest_epoch) {
-            break;
-        }
         // Each epoch's randomness depends only on (seed, epoch): resume is exact.
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(epoch as u64);
@@ -510,11 +507,27 @@ fn run_epochs(
             extra,
         };
         history.push(m.clone());
-        save_epoch(cfg, dir, learner, &history)?;
+        // Judged now, so that a sitting's last epoch is saved.
+        let out_of_time = sitting.out_of_time(longest_epoch.max(Some(t0.elapsed())));
+        let (save, last) = checkpoint_due(epoch, cfg.epochs, cfg.checkpoint_every, out_of_time);
+        if save {
+            save_epoch(cfg, dir, learner, &history)?;
+        }
         longest_epoch = longest_epoch.max(Some(t0.elapsed()));
         progress.epoch_end(&m);
+        if last {
+            break;
+        }
     }
     Ok(history)
+}
+
+/// Whether to save after `epoch`, and whether it is the last of this sitting:
+/// every `every` epochs, and always the run's last epoch and one after which
+/// the time is up.
+fn checkpoint_due(epoch: usize, epochs: usize, every: usize, out_of_time: bool) -> (bool, bool) {
+    let last = epoch >= epochs || out_of_time;
+    (last || epoch.is_multiple_of(every), last)
 }
 
 fn save_epoch(
@@ -736,6 +749,29 @@ mod tests {
         assert_eq!(percent(1.0 / 1_000_000.0), "0.0001%");
         assert_eq!(percent(0.00005), "0.005%");
         assert_eq!(percent(0.0001), "0.01%");
+    }
+
+    #[test]
+    fn checkpoints_fall_every_n_epochs_and_at_every_end() {
+        let saved = |every, out_of_time: fn(usize) -> bool| -> Vec<usize> {
+            let mut saved = Vec::new();
+            for epoch in 1..=7 {
+                let (save, last) = checkpoint_due(epoch, 7, every, out_of_time(epoch));
+                if save {
+                    saved.push(epoch);
+                }
+                if last {
+                    break;
+                }
+            }
+            saved
+        };
+        assert_eq!(saved(1, |_| false), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(saved(3, |_| false), [3, 6, 7]);
+        assert_eq!(saved(3, |e| e == 4), [3, 4]);
+        assert_eq!(saved(10, |e| e == 1), [1]);
+        assert_eq!(percent_or_dash(None), "-");
+        assert_eq!(percent_or_dash(Some(0.5)), "50.00%");
     }
 
     #[test]

@@ -17,15 +17,7 @@ if [ "${1:-}" = "--stage" ]; then
     ls -la target/gpu
     exit 0
 fi
-OUT="${OUT:-/tmp/gpu-out}"
-mkdir -p "$OUT"
-# cuBLAS and NVRTC may live inside the Python wheels rather than on the system path.
-for lib in libcublas.so.13 libnvrtc.so.13 libcublasLt.so.13; do
-    d=$(find / -name "$lib*" -not -path '*/proc/*' 2>/dev/null | head -1 | xargs -r dirname)
-    [ -n "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-LOG=$OUT/log.txt
-{ nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader; } | tee "$LOG"
+source benches/gpu_env.sh
 step() { echo "== $1" | tee -a "$LOG"; shift; local s; s=$(date +%s%N); timeout "$@"; echo "rc=$? wall $(( ($(date +%s%N) - s) / 1000000 )) ms" | tee -a "$LOG"; }
 step "GPU vs CPU tests" 150 target/gpu/cuda-tests --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.txt"
 step "bench --device cuda" 120 target/gpu/plasticity bench --device cuda --no-kernels \

@@ -5,41 +5,35 @@
 # particles, zstd; `plasticity pack`) split into pieces the lender returns.
 #
 # Here:  cargo build --release --features cuda && bash benches/gpu_check.sh --stage
-#        (a previous sitting's pieces, if any, lie in relay/, which is carried)
+#        (a previous sitting's pieces, if any, lie in $RELAY, default relay/: carry it)
 # There: OUT=dir SECONDS_LEFT=480 bash benches/gpu_relay.sh [CONFIG RUN_DIR]
 # Here:  bash benches/gpu_relay.sh --land DIR_OF_PIECES [RUN_DIR]
-#        (the run's files into RUN_DIR, the pieces into relay/ for the next sitting)
+#        (the run's files into RUN_DIR, the pieces into $RELAY for the next sitting)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-CONFIG="${1:-configs/eqprop-mnist-3h-gpu.toml}"
-RUN="${2:-results/eqprop-mnist-3h}"
+RELAY="${RELAY:-relay}"
 if [ "${1:-}" = "--land" ]; then
     RUN="${3:-results/eqprop-mnist-3h}"
-    mkdir -p "$RUN" relay
-    rm -f relay/state.tar.*
-    cp "$2"/state.tar.* relay/
-    cat relay/state.tar.* | tar x -C "$RUN" --exclude packed.safetensors
-    ls -la "$RUN" relay
+    mkdir -p "$RUN" "$RELAY"
+    rm -f "$RELAY"/state.tar.*
+    cp "$2"/state.tar.* "$RELAY"/
+    cat "$RELAY"/state.tar.* | tar x -C "$RUN" --exclude packed.safetensors
+    ls -la "$RUN" "$RELAY"
     exit 0
 fi
-OUT="${OUT:-/tmp/relay-out}"
-mkdir -p "$OUT"
-for lib in libcublas.so.13 libnvrtc.so.13 libcublasLt.so.13; do
-    d=$(find / -name "$lib*" -not -path '*/proc/*' 2>/dev/null | head -1 | xargs -r dirname)
-    [ -n "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-LOG=$OUT/log.txt
-{ nvidia-smi -L; date -u; } | tee "$LOG"
+CONFIG="${1:-configs/eqprop-mnist-3h-gpu.toml}"
+RUN="${2:-results/eqprop-mnist-3h}"
+source benches/gpu_env.sh
 P=target/gpu/plasticity
-if ls relay/state.tar.* >/dev/null 2>&1; then
+if ls "$RELAY"/state.tar.* >/dev/null 2>&1; then
     mkdir -p "$RUN"
-    cat relay/state.tar.* | tar x -C "$RUN"
+    cat "$RELAY"/state.tar.* | tar x -C "$RUN"
     mv "$RUN/packed.safetensors" "$RUN/run_state.safetensors"
-    echo "== resuming $RUN at epoch $(($(wc -l < "$RUN/metrics.jsonl") + 1))" | tee -a "$LOG"
-    $P train --resume --out "$RUN" --time-limit "${SECONDS_LEFT:-480}" 2>&1 | grep -v eta | tee -a "$LOG"
+    echo "== resuming $RUN after epoch $(wc -l < "$RUN/metrics.jsonl")" | tee -a "$LOG"
+    $P train --resume --out "$RUN" --time-limit "${SECONDS_LEFT:-480}" 2>&1 | tee -a "$LOG"
 else
     echo "== starting $RUN from $CONFIG" | tee -a "$LOG"
-    $P train --config "$CONFIG" --out "$RUN" --time-limit "${SECONDS_LEFT:-480}" 2>&1 | grep -v eta | tee -a "$LOG"
+    $P train --config "$CONFIG" --out "$RUN" --time-limit "${SECONDS_LEFT:-480}" 2>&1 | tee -a "$LOG"
 fi
 s=$(date +%s)
 $P pack --run "$RUN" --out /tmp/packed.safetensors 2>&1 | tee -a "$LOG"

@@ -81,6 +81,29 @@ fn trains_learns_resumes_and_its_commands_run() {
             "{name}"
         );
     }
+    // `pack` codes only bounded states at 8 bits: Adam's moments stay exact.
+    let packed = tmp.path().join("packed.safetensors");
+    succeeds(
+        plasticity()
+            .args(["pack", "--run"])
+            .arg(&b)
+            .arg("--out")
+            .arg(&packed),
+    );
+    let full = std::fs::read(b.join("run_state.safetensors")).unwrap();
+    let unpacked = zstd::stream::decode_all(std::fs::read(&packed).unwrap().as_slice()).unwrap();
+    let (full, unpacked) = (
+        safetensors::SafeTensors::deserialize(&full).unwrap(),
+        safetensors::SafeTensors::deserialize(&unpacked).unwrap(),
+    );
+    assert!(full.names().iter().any(|n| n.starts_with("adam.v.")));
+    for name in full.names() {
+        assert_eq!(
+            full.tensor(name).unwrap().data(),
+            unpacked.tensor(name).unwrap().data(),
+            "{name}"
+        );
+    }
 
     succeeds(
         plasticity()

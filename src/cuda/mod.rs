@@ -433,6 +433,10 @@ impl Learner for CudaEqProp {
             .collect()
     }
 
+    fn run_state_is_bounded(&self) -> bool {
+        true
+    }
+
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         self.device_stale = true;
         self.particles

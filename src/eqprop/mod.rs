@@ -600,6 +600,10 @@ impl Learner for EqProp {
             .collect()
     }
 
+    fn run_state_is_bounded(&self) -> bool {
+        true
+    }
+
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         let sets = std::iter::once(("particles", &mut self.particles))
             .chain(WARM_NAMES.into_iter().zip(&mut self.warm));

@@ -30,9 +30,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into place", path, e))
 }
 
-/// Metadata key of a run state: the names of its run-state tensors (comma
-/// separated), the ones `pack` may store at 8 bits.
-pub const STATE_TENSORS_KEY: &str = "run_state_tensors";
+/// Metadata key of a run state: the names (comma separated) of the run-state
+/// tensors that `pack` may store at 8 bits (clipped states; none for a learner
+/// whose run state is, say, optimiser moments).
+pub const CODABLE_KEY: &str = "codable_tensors";
 /// Metadata key prefix of an 8-bit tensor: "lo hi", the range its codes span.
 const U8_RANGE_PREFIX: &str = "u8_range.";
 
@@ -140,7 +141,7 @@ pub fn pack(state: &Path, out: &Path) -> Result<usize> {
     let loaded = Loaded::read(state)?;
     let mut meta = loaded.metadata();
     let names: Vec<String> = meta
-        .get(STATE_TENSORS_KEY)
+        .get(CODABLE_KEY)
         .map(|s| {
             s.split(',')
                 .filter(|n| !n.is_empty())
@@ -149,7 +150,7 @@ pub fn pack(state: &Path, out: &Path) -> Result<usize> {
         })
         .ok_or_else(|| {
             Error::Checkpoint(format!(
-                "{} does not name its run-state tensors (it predates `pack`); \
+                "{} does not name its codable tensors (it predates `pack`); \
                  resume the run for one epoch with this version first",
                 state.display()
             ))
@@ -344,7 +345,7 @@ mod tests {
         );
         let meta = HashMap::from([
             ("epoch".to_string(), "4".to_string()),
-            (STATE_TENSORS_KEY.to_string(), "particles.s1".to_string()),
+            (CODABLE_KEY.to_string(), "particles.s1".to_string()),
         ]);
         let full = dir.path().join("run_state.safetensors");
         let tensors = [

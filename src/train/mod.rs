@@ -100,6 +100,11 @@ pub trait Learner {
     fn run_state_mut(&mut self) -> Vec<NamedTensorMut<'_>> {
         Vec::new()
     }
+    /// Whether the run state is states bounded by clipping (persistent
+    /// particles), which `pack` may code at 8 bits; optimiser moments are not.
+    fn run_state_is_bounded(&self) -> bool {
+        false
+    }
     /// Called before each epoch's first batch (1-based), for schedules.
     fn start_epoch(&mut self, _epoch: usize) {}
     /// Every learning rate times `scale` from now on (the config's
@@ -548,8 +553,11 @@ fn save_epoch(
         serde_json::to_string(history).expect("metrics serialize"),
     );
     let state = learner.run_state();
-    let names: Vec<&str> = state.iter().map(|t| t.name.as_str()).collect();
-    state_meta.insert(checkpoint::STATE_TENSORS_KEY.to_string(), names.join(","));
+    let names: Vec<&str> = match learner.run_state_is_bounded() {
+        true => state.iter().map(|t| t.name.as_str()).collect(),
+        false => Vec::new(),
+    };
+    state_meta.insert(checkpoint::CODABLE_KEY.to_string(), names.join(","));
     let mut all = learner.parameters();
     all.extend(state);
     checkpoint::save(&dir.join(STATE_FILE), &all, state_meta)?;

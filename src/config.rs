@@ -204,6 +204,11 @@ pub struct Config {
     /// state takes about 1 s to write, 15% of its GPU epoch.
     #[serde(default = "one_usize")]
     pub checkpoint_every: usize,
+    /// Also keep each saved epoch's parameters in `epochs/epoch-N/`
+    /// (checkpoint.safetensors and config.toml: a run directory that `eval`,
+    /// `sample` and `parzen` read), to pick an epoch after training.
+    #[serde(default)]
+    pub keep_checkpoints: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -327,6 +332,7 @@ pub fn preset(name: &str) -> Result<Config> {
         eval_warm: true,
         eval_every: 1,
         checkpoint_every: 1,
+        keep_checkpoints: false,
         epochs,
         batch_size: 20,
         seed: 1,

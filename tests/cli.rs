@@ -157,8 +157,13 @@ fn eval_every_skips_scoring_but_not_training() {
     let tmp = tempfile::tempdir().unwrap();
     let (every, second) = (tmp.path().join("e"), tmp.path().join("s"));
     let config = tmp.path().join("every-2.toml");
-    // Saving every second epoch (and after the last) changes nothing but when.
-    std::fs::write(&config, "eval_every = 2\ncheckpoint_every = 2\n").unwrap();
+    // Saving every second epoch (and after the last) changes nothing but when;
+    // with keep_checkpoints each saved epoch's parameters stay in epochs/epoch-N.
+    std::fs::write(
+        &config,
+        "eval_every = 2\ncheckpoint_every = 2\nkeep_checkpoints = true\n",
+    )
+    .unwrap();
     assert!(smoke(&every, &["--epochs", "3"]).status.success());
     let config_args = ["--epochs", "3", "--config", config.to_str().unwrap()];
     assert!(smoke(&second, &config_args).status.success());
@@ -178,6 +183,20 @@ fn eval_every_skips_scoring_but_not_training() {
         assert!(s[k]["val_error_warm"].is_f64());
     }
     assert!(second.join("learning_curve.png").is_file());
+    let kept = second.join("epochs");
+    assert!(!kept.join("epoch-1").exists());
+    assert!(kept.join("epoch-2/config.toml").is_file());
+    assert_eq!(
+        std::fs::read(kept.join("epoch-3/checkpoint.safetensors")).unwrap(),
+        std::fs::read(second.join("checkpoint.safetensors")).unwrap()
+    );
+    let eval = succeeds(
+        plasticity()
+            .args(["eval", "--split", "val", "--run"])
+            .arg(kept.join("epoch-2")),
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(scored["epoch"], 2, "epoch 2's parameters");
     std::fs::write(&config, "eval_every = 0\n").unwrap();
     fails_with(
         plasticity().args(["train", "--config", config.to_str().unwrap()]),

@@ -240,6 +240,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const STATE_FILE: &str = "run_state.safetensors";
+/// With `keep_checkpoints`: where each saved epoch's run directory goes.
+pub const KEPT_DIR: &str = "epochs";
 pub const CURVE_FILE: &str = "learning_curve.png";
 /// The generative model's validation Parzen per epoch (`parzen_val`).
 pub const PARZEN_CURVE_FILE: &str = "parzen_curve.png";
@@ -562,6 +564,14 @@ fn save_epoch(
     all.extend(state);
     checkpoint::save(&dir.join(STATE_FILE), &all, state_meta)?;
     checkpoint::save(&dir.join(CHECKPOINT_FILE), &learner.parameters(), meta)?;
+    if cfg.keep_checkpoints {
+        let kept = dir.join(KEPT_DIR).join(format!("epoch-{epoch}"));
+        std::fs::create_dir_all(&kept).map_err(|e| unwritable(&kept, e))?;
+        for file in [CHECKPOINT_FILE, CONFIG_FILE] {
+            std::fs::copy(dir.join(file), kept.join(file))
+                .map_err(|e| Error::io("cannot keep", &kept.join(file), e))?;
+        }
+    }
     let lines: String = history
         .iter()
         .map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n")

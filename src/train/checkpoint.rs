@@ -6,8 +6,8 @@
 //! so far. The run state is the single commit point of an epoch: `--resume`
 //! reads only it, so a crash between two writes cannot mix epochs.
 //!
-//! `pack` writes a run state whose run-state tensors (rows x cols, e.g.
-//! examples x units) are stored as 8-bit codes over each tensor's range and
+//! `pack` writes a run state whose codable tensors (clipped states such as
+//! persistent particles, rows x cols = examples x units) are stored as 8-bit codes over each tensor's range and
 //! transposed (cols x rows: a unit's states over all examples side by side,
 //! which compresses better), the whole zstd-compressed, for carrying a run to
 //! a machine that cannot take the whole state; `Loaded::read` and `restore`
@@ -133,8 +133,8 @@ pub fn dequantize_u8(q: u8, lo: f32, hi: f32) -> f32 {
     (lo + (hi - lo) * (f32::from(q) / 255.0)).clamp(lo, hi)
 }
 
-/// Writes the run state at `state` to `out` with its run-state tensors coded
-/// at 8 bits (`quantize_u8`; parameters and metadata stay exact), compressed
+/// Writes the run state at `state` to `out` with its codable tensors coded at
+/// 8 bits (`quantize_u8`; everything else and the metadata stay exact), compressed
 /// with zstd (clipped states sit mostly at their bounds). Returns the bytes
 /// written. A run resumed from it is not bit-identical to an unbroken one.
 pub fn pack(state: &Path, out: &Path) -> Result<usize> {

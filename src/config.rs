@@ -201,7 +201,7 @@ pub struct Config {
     /// Write the run state, checkpoint, metrics and curves every this many
     /// epochs, and after the last epoch of a run or of a time-limited sitting.
     /// A crash loses at most this many epochs less one; the 3h net's 423 MB
-    /// state takes about 1 s to write, 15% of its GPU epoch.
+    /// state took up to about 1 s to write, 15% of its 6 s GPU epoch.
     #[serde(default = "one_usize")]
     pub checkpoint_every: usize,
     /// Also keep each saved epoch's parameters in `epochs/epoch-N/`

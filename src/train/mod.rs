@@ -770,6 +770,23 @@ mod tests {
     }
 
     #[test]
+    fn metrics_lines_read_with_and_without_scores() {
+        // A line as every run wrote it before `eval_every`, and one of an unscored epoch.
+        let scored = r#"{"epoch":3,"train_error":0.1,"val_error":0.2,"test_error":0.3,"train_cost":1.0,"val_cost":2.0,"test_cost":3.0,"val_error_warm":null,"test_error_warm":null,"free_phase_residual":null,"epoch_seconds":1.0,"train_seconds":1.0,"examples_per_second":1.0,"train_gflops":1.0}"#;
+        let m: EpochMetrics = serde_json::from_str(scored).unwrap();
+        assert_eq!((m.val_error, m.test_cost), (Some(0.2), Some(3.0)));
+        let unscored = scored
+            .replace(r#""val_error":0.2"#, r#""val_error":null"#)
+            .replace(r#""test_cost":3.0"#, r#""test_cost":null"#);
+        let m: EpochMetrics = serde_json::from_str(&unscored).unwrap();
+        assert_eq!((m.val_error, m.test_cost), (None, None));
+        assert_eq!(
+            serde_json::from_str::<EpochMetrics>(&serde_json::to_string(&m).unwrap()).unwrap(),
+            m
+        );
+    }
+
+    #[test]
     fn checkpoints_fall_every_n_epochs_and_at_every_end() {
         let saved = |every, out_of_time: fn(usize) -> bool| -> Vec<usize> {
             let mut saved = Vec::new();

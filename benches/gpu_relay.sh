@@ -12,8 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RELAY="${RELAY:-relay}"
+DEFAULT_RUN=results/eqprop-mnist-3h
 if [ "${1:-}" = "--land" ]; then
-    RUN="${3:-results/eqprop-mnist-3h}"
+    RUN="${3:-$DEFAULT_RUN}"
     mkdir -p "$RUN" "$RELAY"
     rm -f "$RELAY"/state.tar.*
     cp "$2"/state.tar.* "$RELAY"/
@@ -22,7 +23,7 @@ if [ "${1:-}" = "--land" ]; then
     exit 0
 fi
 CONFIG="${1:-configs/eqprop-mnist-3h-gpu.toml}"
-RUN="${2:-results/eqprop-mnist-3h}"
+RUN="${2:-$DEFAULT_RUN}"
 source benches/gpu_env.sh
 P=target/gpu/plasticity
 if ls "$RELAY"/state.tar.* >/dev/null 2>&1; then

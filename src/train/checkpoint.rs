@@ -197,6 +197,13 @@ pub fn pack(state: &Path, out: &Path) -> Result<usize> {
     Ok(packed.len())
 }
 
+/// The range of an 8-bit tensor written by `pack`, from the file's metadata.
+fn u8_range(meta: &HashMap<String, String>, name: &str) -> Option<(f32, f32)> {
+    let text = meta.get(&format!("{U8_RANGE_PREFIX}{name}"))?;
+    let mut it = text.split(' ').map(|v| v.parse::<f32>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 /// A loaded safetensors file.
 pub struct Loaded {
     bytes: Vec<u8>,
@@ -237,14 +244,6 @@ impl Loaded {
         })
     }
 
-    /// The range of an 8-bit tensor written by `pack`.
-    fn u8_range(&self, name: &str) -> Option<(f32, f32)> {
-        let meta = self.metadata();
-        let text = meta.get(&format!("{U8_RANGE_PREFIX}{name}"))?;
-        let mut it = text.split(' ').map(|v| v.parse::<f32>().ok());
-        Some((it.next()??, it.next()??))
-    }
-
     pub fn metadata(&self) -> HashMap<String, String> {
         SafeTensors::read_metadata(&self.bytes)
             .ok()
@@ -256,6 +255,8 @@ impl Loaded {
     /// the same shape (a checkpoint of another architecture is refused).
     pub fn restore(&self, targets: Vec<NamedTensorMut<'_>>) -> Result<()> {
         let st = self.parse()?;
+        // Parsed once: a run state's metadata holds every epoch's metrics.
+        let meta = self.metadata();
         for t in targets {
             let view = st.tensor(&t.name).map_err(|_| {
                 Error::Checkpoint(format!(
@@ -264,7 +265,7 @@ impl Loaded {
                     self.path, t.name
                 ))
             })?;
-            let u8_range = self.u8_range(&t.name);
+            let u8_range = u8_range(&meta, &t.name);
             let transposed: Vec<usize> = t.shape.iter().rev().copied().collect();
             let layout_ok = match view.dtype() {
                 Dtype::F32 => view.shape() == t.shape.as_slice(),

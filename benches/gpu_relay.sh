@@ -5,14 +5,16 @@
 # particles, zstd; `plasticity pack`) split into pieces the lender returns.
 #
 # Here:  cargo build --release --features cuda && bash benches/gpu_check.sh --stage
-#        (a previous sitting's pieces, if any, lie in $RELAY, default relay/: carry it)
+#        (a previous sitting's pieces, if any, lie in $RELAY: carry it)
 # There: OUT=dir SECONDS_LEFT=480 bash benches/gpu_relay.sh [CONFIG RUN_DIR]
 # Here:  bash benches/gpu_relay.sh --land DIR_OF_PIECES [RUN_DIR]
 #        (the run's files into RUN_DIR, the pieces into $RELAY for the next sitting)
+# $RELAY defaults to the run's relay/ folder, which is committed: a new session's checkout
+# keeps only what git holds (an ignored relay/ at the top was lost that way after epoch 90).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RELAY="${RELAY:-relay}"
 DEFAULT_RUN=results/eqprop-mnist-3h
+RELAY="${RELAY:-$DEFAULT_RUN/relay}"
 if [ "${1:-}" = "--land" ]; then
     RUN="${3:-$DEFAULT_RUN}"
     mkdir -p "$RUN" "$RELAY"

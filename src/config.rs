@@ -257,6 +257,12 @@ pub struct Config {
     /// a validation Parzen estimate in the metrics (0 = none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_parzen_samples: Option<usize>,
+    /// Generative, ours (not the paper's): weight lambda of a penalty
+    /// lambda/2 sum_{i != j} C_ij^2 on the covariance C of the top encoder's
+    /// codes over each minibatch, so that the paper's diagonal prior fits them
+    /// (0 = none, the paper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_decorrelation: Option<f32>,
 }
 
 /// The generative model's settings, resolved (see the keys of [`Config`]).
@@ -269,6 +275,7 @@ pub struct GenerativeSettings {
     pub top_down: f32,
     pub pair_training: PairTraining,
     pub epoch_parzen_samples: usize,
+    pub top_decorrelation: f32,
 }
 
 /// Names of the presets, in the order `plasticity presets` lists them.
@@ -351,6 +358,7 @@ pub fn preset(name: &str) -> Result<Config> {
         top_down: None,
         pair_training: None,
         epoch_parzen_samples: None,
+        top_decorrelation: None,
     };
     match name {
         "eqprop-mnist-1h" => Ok(base(vec![784, 500, 10], 20, 4, 1.0, vec![0.2, 0.1], 25)),
@@ -415,6 +423,8 @@ pub fn preset(name: &str) -> Result<Config> {
             inference_rate: Some(0.1),
             top_down: Some(0.001),
             pair_training: Some(PairTraining::Dae),
+            epoch_parzen_samples: Some(2000),
+            top_decorrelation: Some(0.0),
             ..preset("eqprop-mnist-1h")?
         }),
         // One layer pair: a denoising auto-encoder whose code is the top layer.
@@ -675,6 +685,9 @@ impl Config {
         if !(g.inference_rate.is_finite() && g.top_down.is_finite()) {
             return bad("inference_rate and top_down must be finite".into());
         }
+        if !(g.top_decorrelation.is_finite() && g.top_decorrelation >= 0.0) {
+            return bad("top_decorrelation must be finite and not negative (0 = off)".into());
+        }
         self.validate_counts()?;
         if self.device != Device::Cpu {
             return bad("the generative model runs on the CPU only; use --device cpu".into());
@@ -695,6 +708,7 @@ impl Config {
             top_down: self.top_down.unwrap_or(0.001),
             pair_training: self.pair_training.unwrap_or_default(),
             epoch_parzen_samples: self.epoch_parzen_samples.unwrap_or(2000),
+            top_decorrelation: self.top_decorrelation.unwrap_or(0.0),
         }
     }
 

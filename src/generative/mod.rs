@@ -238,6 +238,76 @@ pub fn corrupt_spikes(u: &Matrix, out: &mut Matrix, samples: usize, rng: &mut Ch
     }
 }
 
+/// Off-diagonal covariance of codes `c` (rows = examples) over the batch,
+/// f64: C_ij = 1/B sum_n (c_ni - mu_i)(c_nj - mu_j) for i != j, 0 on the
+/// diagonal. Also returns the centred codes.
+pub fn code_covariance(c: &Matrix) -> (Vec<f64>, Vec<f64>) {
+    let (b, n) = (c.rows, c.cols);
+    let mut mu = vec![0.0f64; n];
+    for row in c.data.chunks_exact(n).take(b) {
+        for (m, &v) in mu.iter_mut().zip(row) {
+            *m += v as f64 / b as f64;
+        }
+    }
+    let centred: Vec<f64> = c.data[..b * n]
+        .iter()
+        .enumerate()
+        .map(|(e, &v)| v as f64 - mu[e % n])
+        .collect();
+    let mut cov = vec![0.0f64; n * n];
+    for row in centred.chunks_exact(n) {
+        for i in 0..n {
+            for j in 0..n {
+                cov[i * n + j] += row[i] * row[j] / b as f64;
+            }
+        }
+    }
+    for i in 0..n {
+        cov[i * n + i] = 0.0;
+    }
+    (cov, centred)
+}
+
+/// Root mean square of the off-diagonal correlations of codes `c` across
+/// examples: 0 for independent units, which the diagonal prior assumes.
+pub fn rms_correlation(c: &Matrix) -> f64 {
+    let n = c.cols;
+    let (cov, centred) = code_covariance(c);
+    let mut var = vec![0.0f64; n];
+    for row in centred.chunks_exact(n) {
+        for (v, &x) in var.iter_mut().zip(row) {
+            *v += x * x / c.rows as f64;
+        }
+    }
+    let mut sum = 0.0;
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            let denom = (var[i] * var[j]).sqrt();
+            if denom > 0.0 {
+                sum += (cov[i * n + j] / denom).powi(2);
+            }
+        }
+    }
+    (sum / (n * n.saturating_sub(1)).max(1) as f64).sqrt()
+}
+
+/// The gradient of the decorrelation penalty R = lambda/2 sum_{i != j} C_ij^2
+/// with respect to each code: dR/dc_ni = 2 lambda / B sum_{j != i} C_ij (c_nj - mu_j).
+/// The term is lateral (each top unit sees the others' activity, as in
+/// anti-Hebbian decorrelation, Foldiak 1990) and reaches only the top encoder.
+fn decorrelation_gradient(c: &Matrix, lambda: f32, out: &mut Matrix) {
+    let (b, n) = (c.rows, c.cols);
+    let (cov, centred) = code_covariance(c);
+    out.set_rows(b);
+    let scale = 2.0 * lambda as f64 / b as f64;
+    for (o_row, row) in out.data.chunks_exact_mut(n).zip(centred.chunks_exact(n)) {
+        for i in 0..n {
+            let s: f64 = (0..n).map(|j| cov[i * n + j] * row[j]).sum();
+            o_row[i] = (scale * s) as f32;
+        }
+    }
+}
+
 /// Working memory of one layer pair's M-step.
 struct PairWork {
     noisy_in: Matrix,
@@ -248,6 +318,11 @@ struct PairWork {
     d_code: Matrix,
     enc_grad: MapGrad,
     dec_grad: MapGrad,
+    /// The top pair's decorrelation term: clean codes f(u), their gradient,
+    /// and its share of the encoder's gradient.
+    clean_code: Matrix,
+    d_clean: Matrix,
+    decor_grad: MapGrad,
 }
 
 /// Working memory for `cap` rows: states, inference scratch, M-step buffers.
@@ -275,6 +350,9 @@ impl Work {
                     d_code: Matrix::zeros(cap, s[k]),
                     enc_grad: model.enc[k - 1].zero_grad(),
                     dec_grad: model.dec[k - 1].zero_grad(),
+                    clean_code: Matrix::zeros(cap, s[k]),
+                    d_clean: Matrix::zeros(cap, s[k]),
+                    decor_grad: model.enc[k - 1].zero_grad(),
                 })
                 .collect(),
         }
@@ -414,6 +492,27 @@ impl Generative {
             &mut p.enc_grad,
             None,
         );
+        let lambda = self.settings.top_decorrelation;
+        if k == top && lambda > 0.0 {
+            enc.forward(u.view(), &mut p.clean_code);
+            decorrelation_gradient(&p.clean_code, lambda, &mut p.d_clean);
+            enc.backward(
+                u.view(),
+                &p.clean_code,
+                &mut p.d_clean,
+                &mut p.decor_grad,
+                None,
+            );
+            let (g, d) = (&mut p.enc_grad, &p.decor_grad);
+            for (a, &b) in
+                g.w.data
+                    .iter_mut()
+                    .chain(g.b.iter_mut())
+                    .zip(d.w.data.iter().chain(&d.b))
+            {
+                *a += b;
+            }
+        }
     }
 
     /// The validation Parzen log-likelihood (nats, best sigma of the grid) of
@@ -554,6 +653,8 @@ impl Learner for Generative {
             inference::log_joint_terms(&self.model, &w.h, &mut w.scratch),
         );
         Self::layer_statistics(&w.h, &mut out);
+        let top = self.model.depth();
+        out.push((format!("h{top}_correlation"), rms_correlation(&w.h[top])));
         if let Some(score) = self.epoch_parzen(val) {
             out.push(("parzen_val".into(), score));
         }
@@ -633,9 +734,13 @@ impl Learner for Generative {
 
     fn describe(&self) -> String {
         let g = &self.settings;
+        let decorrelation = match g.top_decorrelation {
+            0.0 => String::new(),
+            l => format!(", top codes decorrelated (lambda {l})"),
+        };
         format!(
             "generative model {:?} (pairs trained as {:?}), INFERENCE N={} delta={} alpha={}, \
-             corruption {:?}, Adam {:?}",
+             corruption {:?}, Adam {:?}{decorrelation}",
             self.model.sizes,
             g.pair_training,
             g.inference_steps,

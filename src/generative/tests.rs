@@ -77,11 +77,45 @@ fn rows64(m: &Matrix) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// The pair's losses (decoder's, encoder's) as defined, per batch mean.
-fn pair_loss(training: PairTraining, enc: &Map, dec: &Map, u: &Matrix, v: &Matrix) -> (f64, f64) {
+/// lambda/2 sum_{i != j} C_ij^2 of the covariance of `codes` over the batch.
+fn decorrelation_ref(codes: &[Vec<f64>], lambda: f64) -> f64 {
+    let (b, n) = (codes.len() as f64, codes[0].len());
+    let mu: Vec<f64> = (0..n)
+        .map(|i| codes.iter().map(|c| c[i]).sum::<f64>() / b)
+        .collect();
+    let mut r = 0.0;
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            let c: f64 = codes
+                .iter()
+                .map(|c| (c[i] - mu[i]) * (c[j] - mu[j]))
+                .sum::<f64>()
+                / b;
+            r += c * c;
+        }
+    }
+    0.5 * lambda * r
+}
+
+/// The pair's losses (decoder's, encoder's) as defined, per batch mean; the
+/// encoder's adds the decorrelation penalty of its clean codes (weight `lambda`).
+fn pair_loss(
+    training: PairTraining,
+    enc: &Map,
+    dec: &Map,
+    u: &Matrix,
+    v: &Matrix,
+    lambda: f64,
+) -> (f64, f64) {
     let (u, v) = (rows64(u), rows64(v));
     let b = u.len() as f64;
-    match training {
+    let codes: Vec<Vec<f64>> = u.iter().map(|x| map_ref(enc, x)).collect();
+    let penalty = if lambda > 0.0 {
+        decorrelation_ref(&codes, lambda)
+    } else {
+        0.0
+    };
+    let (ld, le) = match training {
         PairTraining::Dae => {
             let l: f64 = u
                 .iter()
@@ -94,7 +128,8 @@ fn pair_loss(training: PairTraining, enc: &Map, dec: &Map, u: &Matrix, v: &Matri
             let le: f64 = u.iter().zip(&v).map(|(x, c)| sq(&map_ref(enc, x), c)).sum();
             (0.5 * ld / b, 0.5 * le / b)
         }
-    }
+    };
+    (ld, le + penalty)
 }
 
 /// Central differences of `loss` in every parameter of `map`, against `grad`.
@@ -129,9 +164,13 @@ fn check_map(map: &Map, grad: &MapGrad, loss: impl Fn(&Map) -> f64, what: &str) 
 
 #[test]
 fn pair_gradients_match_finite_differences() {
-    for training in [PairTraining::Dae, PairTraining::Local] {
+    let cases = [PairTraining::Dae, PairTraining::Local]
+        .into_iter()
+        .flat_map(|t| [(t, 0.0), (t, 500.0)]);
+    for (training, lambda) in cases {
         for seed in 0..3 {
             let mut g = setup(training, seed);
+            g.settings.top_decorrelation = lambda;
             // Move the states off the feed-forward codes, as inference would.
             let mut rng = ChaCha8Rng::seed_from_u64(seed + 10);
             g.train.h[1] = random_matrix(4, SIZES[1], &mut rng);
@@ -141,21 +180,56 @@ fn pair_gradients_match_finite_differences() {
                 let (u, v) = (&g.train.h[k - 1], &g.train.h[k]);
                 let (enc, dec) = (&g.model.enc[k - 1], &g.model.dec[k - 1]);
                 let p = &g.train.pairs[k - 1];
+                // The penalty is the top pair's only.
+                let lambda = if k == 2 { lambda as f64 } else { 0.0 };
                 check_map(
                     dec,
                     &p.dec_grad,
-                    |m| pair_loss(training, enc, m, u, v).0,
+                    |m| pair_loss(training, enc, m, u, v, lambda).0,
                     "decoder",
                 );
                 check_map(
                     enc,
                     &p.enc_grad,
-                    |m| pair_loss(training, m, dec, u, v).1,
+                    |m| pair_loss(training, m, dec, u, v, lambda).1,
                     "encoder",
                 );
             }
         }
     }
+}
+
+#[test]
+fn decorrelation_gradient_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let c = random_matrix(5, 4, &mut rng);
+    let lambda = 3.0;
+    let mut grad = Matrix::zeros(5, 4);
+    decorrelation_gradient(&c, lambda, &mut grad);
+    let h = 1e-3f32;
+    for e in 0..c.data.len() {
+        let at = |delta: f32| {
+            let mut m = c.clone();
+            m.data[e] += delta;
+            decorrelation_ref(&rows64(&m), lambda as f64)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        let got = grad.data[e] as f64;
+        assert!(
+            (fd - got).abs() <= 1e-4 * (1.0 + fd.abs()) && got != 0.0,
+            "code {e}: analytic {got}, finite differences {fd}"
+        );
+    }
+}
+
+#[test]
+fn rms_correlation_is_zero_for_independent_units_and_one_for_copies() {
+    // Units 0 and 1 copy each other; unit 2 is orthogonal to both.
+    let m = Matrix::from_vec(4, 3, vec![0., 0., 1., 1., 1., 1., 0., 0., 0., 1., 1., 0.]);
+    let expected = (2.0f64 / 6.0).sqrt(); // one pair (twice) of 6 off-diagonal entries at 1
+    assert!((rms_correlation(&m) - expected).abs() < 1e-12);
+    let independent = Matrix::from_vec(4, 2, vec![0., 0., 1., 0., 0., 1., 1., 1.]);
+    assert_eq!(rms_correlation(&independent), 0.0);
 }
 
 #[test]

@@ -258,9 +258,9 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_parzen_samples: Option<usize>,
     /// Generative, ours (not the paper's): weight lambda of a penalty
-    /// lambda/2 sum_{i != j} C_ij^2 on the covariance C of the top encoder's
-    /// codes over each minibatch, so that the paper's diagonal prior fits them
-    /// (0 = none, the paper).
+    /// lambda/2 sum_{i != j} rho_ij^2 on the correlations of the top encoder's
+    /// codes across each minibatch, so that the paper's diagonal prior fits
+    /// them (0 = none, the paper).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_decorrelation: Option<f32>,
 }

@@ -42,16 +42,18 @@ const PRIOR_FIT_IMAGES: usize = 10_000;
 /// EM iterations of the mixture prior's fit.
 const MIXTURE_EM_ITERATIONS: usize = 30;
 
+/// What every fitted prior is fitted to: these images, inferred with these dynamics.
+fn fit_images(splits: &Splits, cfg: &crate::config::Config) -> (Matrix, Dynamics) {
+    (
+        first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
+        Model::dynamics(&cfg.generative()),
+    )
+}
+
 /// The prior `s` asks for: the full one is fitted to the inferred codes of
 /// the first training images, with the run's own INFERENCE.
 fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sampler) -> Prior {
-    // What every fitted prior is fitted to: these images, inferred with these dynamics.
-    let fit_on = || {
-        (
-            first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
-            Model::dynamics(&cfg.generative()),
-        )
-    };
+    let fit_on = || fit_images(splits, cfg);
     match s.prior {
         PriorKind::Diagonal => Prior::Diagonal,
         PriorKind::DiagonalFit => {
@@ -470,6 +472,15 @@ pub fn parzen_run(
         "test digits' median distance to their nearest training image: {test_median:.2}; \
          `copies`: samples nearer a training image than 99% of test digits are ({:.2})",
         (copy_line as f64).sqrt()
+    );
+    let (images, d) = fit_images(&splits, &cfg);
+    let codes = sample::inferred_codes(&model, &images, &d);
+    let _ = writeln!(
+        table,
+        "top codes of the first {} training digits (the run's INFERENCE): RMS correlation \
+         between units {:.3} (the paper's diagonal prior assumes 0)",
+        codes.rows,
+        super::rms_correlation(&codes)
     );
     Ok((table, rows))
 }

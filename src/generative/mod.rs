@@ -238,72 +238,74 @@ pub fn corrupt_spikes(u: &Matrix, out: &mut Matrix, samples: usize, rng: &mut Ch
     }
 }
 
-/// Off-diagonal covariance of codes `c` (rows = examples) over the batch,
-/// f64: C_ij = 1/B sum_n (c_ni - mu_i)(c_nj - mu_j) for i != j, 0 on the
-/// diagonal. Also returns the centred codes.
-pub fn code_covariance(c: &Matrix) -> (Vec<f64>, Vec<f64>) {
+/// Added to each unit's variance across the batch before standardising, so
+/// that a unit that does not move has correlation 0 instead of 0/0.
+pub const CORRELATION_EPS: f64 = 1e-4;
+
+/// Correlations of codes `c` (rows = examples) across the batch:
+/// z_ni = (c_ni - mu_i) / sigma_i with sigma_i^2 = var_i + eps (f64), and
+/// rho_ij = 1/B sum_n z_ni z_nj for i != j, 0 on the diagonal. Returns
+/// (rho, z, sigma).
+pub fn code_correlation(c: &Matrix) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (b, n) = (c.rows, c.cols);
+    let inv_b = 1.0 / b as f64;
     let mut mu = vec![0.0f64; n];
     for row in c.data.chunks_exact(n).take(b) {
         for (m, &v) in mu.iter_mut().zip(row) {
-            *m += v as f64 / b as f64;
+            *m += v as f64 * inv_b;
         }
     }
-    let centred: Vec<f64> = c.data[..b * n]
+    let mut var = vec![CORRELATION_EPS; n];
+    for row in c.data.chunks_exact(n).take(b) {
+        for ((s, &v), m) in var.iter_mut().zip(row).zip(&mu) {
+            *s += (v as f64 - m).powi(2) * inv_b;
+        }
+    }
+    let sigma: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
+    let z: Vec<f64> = c.data[..b * n]
         .iter()
         .enumerate()
-        .map(|(e, &v)| v as f64 - mu[e % n])
+        .map(|(e, &v)| (v as f64 - mu[e % n]) / sigma[e % n])
         .collect();
-    let mut cov = vec![0.0f64; n * n];
-    for row in centred.chunks_exact(n) {
+    let mut rho = vec![0.0f64; n * n];
+    for row in z.chunks_exact(n) {
         for i in 0..n {
-            for j in 0..n {
-                cov[i * n + j] += row[i] * row[j] / b as f64;
+            for j in (0..n).filter(|&j| j != i) {
+                rho[i * n + j] += row[i] * row[j] * inv_b;
             }
         }
     }
-    for i in 0..n {
-        cov[i * n + i] = 0.0;
-    }
-    (cov, centred)
+    (rho, z, sigma)
 }
 
 /// Root mean square of the off-diagonal correlations of codes `c` across
 /// examples: 0 for independent units, which the diagonal prior assumes.
 pub fn rms_correlation(c: &Matrix) -> f64 {
     let n = c.cols;
-    let (cov, centred) = code_covariance(c);
-    let mut var = vec![0.0f64; n];
-    for row in centred.chunks_exact(n) {
-        for (v, &x) in var.iter_mut().zip(row) {
-            *v += x * x / c.rows as f64;
-        }
-    }
-    let mut sum = 0.0;
-    for i in 0..n {
-        for j in (0..n).filter(|&j| j != i) {
-            let denom = (var[i] * var[j]).sqrt();
-            if denom > 0.0 {
-                sum += (cov[i * n + j] / denom).powi(2);
-            }
-        }
-    }
+    let (rho, _, _) = code_correlation(c);
+    let sum: f64 = rho.iter().map(|r| r * r).sum();
     (sum / (n * n.saturating_sub(1)).max(1) as f64).sqrt()
 }
 
-/// The gradient of the decorrelation penalty R = lambda/2 sum_{i != j} C_ij^2
-/// with respect to each code: dR/dc_ni = 2 lambda / B sum_{j != i} C_ij (c_nj - mu_j).
-/// The term is lateral (each top unit sees the others' activity, as in
-/// anti-Hebbian decorrelation, Foldiak 1990) and reaches only the top encoder.
+/// The gradient of the decorrelation penalty R = lambda/2 sum_{i != j} rho_ij^2
+/// with respect to each code:
+///   dR/dc_ni = 2 lambda / (B sigma_i) sum_{j != i} rho_ij (z_nj - rho_ij z_ni).
+/// Correlations, not covariances: a penalty on covariances is met by shrinking
+/// every unit's spread (measured: the top code's spread fell from 0.35 to 0.22
+/// in one epoch), this one only by making units independent. The term is
+/// lateral (each top unit sees the others' activity, as in anti-Hebbian
+/// decorrelation, Foldiak 1990) and reaches only the top encoder.
 fn decorrelation_gradient(c: &Matrix, lambda: f32, out: &mut Matrix) {
     let (b, n) = (c.rows, c.cols);
-    let (cov, centred) = code_covariance(c);
+    let (rho, z, sigma) = code_correlation(c);
     out.set_rows(b);
     let scale = 2.0 * lambda as f64 / b as f64;
-    for (o_row, row) in out.data.chunks_exact_mut(n).zip(centred.chunks_exact(n)) {
+    for (o_row, z_row) in out.data.chunks_exact_mut(n).zip(z.chunks_exact(n)) {
         for i in 0..n {
-            let s: f64 = (0..n).map(|j| cov[i * n + j] * row[j]).sum();
-            o_row[i] = (scale * s) as f32;
+            let s: f64 = (0..n)
+                .map(|j| rho[i * n + j] * (z_row[j] - rho[i * n + j] * z_row[i]))
+                .sum();
+            o_row[i] = (scale * s / sigma[i]) as f32;
         }
     }
 }

@@ -47,7 +47,7 @@ pub enum PriorKind {
 }
 
 /// The top codes that `d` infers for `images`, one row each.
-fn inferred_codes(model: &Model, images: &Matrix, d: &Dynamics) -> Matrix {
+pub fn inferred_codes(model: &Model, images: &Matrix, d: &Dynamics) -> Matrix {
     let top = model.depth();
     let n = model.sizes[top];
     let mut codes = Matrix::zeros(images.rows, n);

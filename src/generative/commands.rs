@@ -42,40 +42,24 @@ const PRIOR_FIT_IMAGES: usize = 10_000;
 /// EM iterations of the mixture prior's fit.
 const MIXTURE_EM_ITERATIONS: usize = 30;
 
-/// What every fitted prior is fitted to: these images, inferred with these dynamics.
-fn fit_images(splits: &Splits, cfg: &crate::config::Config) -> (Matrix, Dynamics) {
-    (
-        first_rows(&splits.train.images, PRIOR_FIT_IMAGES),
-        Model::dynamics(&cfg.generative()),
-    )
+/// The inferred top codes of the first training images, with the run's own
+/// INFERENCE: what every fitted prior is fitted to.
+fn fit_codes(model: &Model, splits: &Splits, cfg: &crate::config::Config) -> Matrix {
+    let images = first_rows(&splits.train.images, PRIOR_FIT_IMAGES);
+    sample::inferred_codes(model, &images, &Model::dynamics(&cfg.generative()))
 }
 
-/// The prior `s` asks for: the full one is fitted to the inferred codes of
-/// the first training images, with the run's own INFERENCE.
-fn prior_for(model: &Model, splits: &Splits, cfg: &crate::config::Config, s: &Sampler) -> Prior {
-    let fit_on = || fit_images(splits, cfg);
+/// The prior `s` asks for; `codes` (see [`fit_codes`]) are inferred only
+/// where a prior is fitted to them.
+fn prior_for(s: &Sampler, codes: impl FnOnce() -> Matrix) -> Prior {
     match s.prior {
         PriorKind::Diagonal => Prior::Diagonal,
-        PriorKind::DiagonalFit => {
-            let (images, d) = fit_on();
-            sample::fit_diagonal_prior(model, &images, &d)
-        }
-        PriorKind::Full => {
-            let (images, d) = fit_on();
-            sample::fit_full_prior(model, &images, &d)
-        }
+        PriorKind::DiagonalFit => sample::fit_diagonal_prior(&codes()),
+        PriorKind::Full => sample::fit_full_prior(&codes()),
         // A fixed seed: the fitted prior is part of the model, not of a sample.
         PriorKind::Mixture(components) => {
-            let (images, d) = fit_on();
             let mut rng = rand::SeedableRng::seed_from_u64(0);
-            sample::fit_mixture_prior(
-                model,
-                &images,
-                &d,
-                components,
-                MIXTURE_EM_ITERATIONS,
-                &mut rng,
-            )
+            sample::fit_mixture(&codes(), components, MIXTURE_EM_ITERATIONS, &mut rng)
         }
     }
 }
@@ -107,7 +91,7 @@ pub fn sample_run(dir: &Path, out: &Path, s: &Sampler, count: usize, seed: u64) 
     let (model, splits, cfg) = load(dir)?;
     std::fs::create_dir_all(out).map_err(|e| crate::Error::io("cannot create", out, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let prior = prior_for(&model, &splits, &cfg, s);
+    let prior = prior_for(s, || fit_codes(&model, &splits, &cfg));
     let ancestral = sample::ancestral(&model, &prior, count, s.prior_scale, &mut rng);
     let mut refined = ancestral.clone();
     sample::refine(&model, &mut refined, s, &mut rng, None);
@@ -317,7 +301,9 @@ pub fn parzen_run(
     let features = |m: &Matrix| crate::eqprop::free_states(&ccfg, &net, m);
     let test_moments = evaluate::moments(&features(&splits.test.images));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let prior = prior_for(&model, &splits, &cfg, refined);
+    // Inferred once: the report's correlation line and any fitted prior read them.
+    let codes = fit_codes(&model, &splits, &cfg);
+    let prior = prior_for(refined, || codes.clone());
     let ancestral = sample::ancestral(&model, &prior, count, refined.prior_scale, &mut rng);
     let mut better = ancestral.clone();
     sample::refine(&model, &mut better, refined, &mut rng, None);
@@ -473,8 +459,6 @@ pub fn parzen_run(
          `copies`: samples nearer a training image than 99% of test digits are ({:.2})",
         (copy_line as f64).sqrt()
     );
-    let (images, d) = fit_images(&splits, &cfg);
-    let codes = sample::inferred_codes(&model, &images, &d);
     let _ = writeln!(
         table,
         "top codes of the first {} training digits (the run's INFERENCE): RMS correlation \

@@ -97,44 +97,23 @@ fn gaussian(mean: &[f64], cov: &Mat<f64>, ridge: f64) -> Prior {
     }
 }
 
-/// Fits [`Prior::Full`] to the top codes that `d` infers for `images`.
-pub fn fit_full_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
-    let (mean, cov) = super::evaluate::moments(&inferred_codes(model, images, d));
+/// Fits [`Prior::Full`] to top codes (one row each; see [`inferred_codes`]).
+pub fn fit_full_prior(codes: &Matrix) -> Prior {
+    let (mean, cov) = super::evaluate::moments(codes);
     // A small ridge keeps the factor defined when a unit never moves.
     gaussian(&mean, &cov, 1e-6)
 }
 
 /// The paper's prior as it describes it, "set after training": a diagonal
-/// Gaussian of the top codes that `d` infers for `images` with the final
-/// model. The checkpoint's own diagonal prior (`Prior::Diagonal`) is summed
-/// over the last epoch's codes while the model still learns, which drifts
-/// from this where training moves the codes fast.
-pub fn fit_diagonal_prior(model: &Model, images: &Matrix, d: &Dynamics) -> Prior {
-    let (mean, cov) = super::evaluate::moments(&inferred_codes(model, images, d));
+/// Gaussian of the top codes inferred with the final model. The checkpoint's
+/// own diagonal prior (`Prior::Diagonal`) is summed over the last epoch's
+/// codes while the model still learns, which drifts from this where training
+/// moves the codes fast.
+pub fn fit_diagonal_prior(codes: &Matrix) -> Prior {
+    let (mean, cov) = super::evaluate::moments(codes);
     let n = mean.len();
     let diagonal = Mat::<f64>::from_fn(n, n, |i, j| if i == j { cov[(i, i)] } else { 0.0 });
     gaussian(&mean, &diagonal, 1e-6)
-}
-
-/// Fits [`Prior::Mixture`] of `components` full-covariance Gaussians to the
-/// inferred top codes of `images` by EM (Dempster et al. 1977), started from
-/// `components` codes drawn at random as means and the codes' covariance.
-/// A ridge of 1e-3 times the codes' mean variance keeps each component's
-/// covariance well conditioned.
-pub fn fit_mixture_prior(
-    model: &Model,
-    images: &Matrix,
-    d: &Dynamics,
-    components: usize,
-    iterations: usize,
-    rng: &mut ChaCha8Rng,
-) -> Prior {
-    fit_mixture(
-        &inferred_codes(model, images, d),
-        components,
-        iterations,
-        rng,
-    )
 }
 
 /// EM for a mixture of `components` full-covariance Gaussians on the rows of `codes`.

@@ -462,8 +462,9 @@ fn the_fitted_priors_factor_the_codes_covariance() {
     inference::infer(&g.model, &mut h, &d, &mut s, None, None);
     let codes = rows64(&h[2]);
     let n = SIZES[2];
-    let full = sample::fit_full_prior(&g.model, &images, &d);
-    let diagonal = sample::fit_diagonal_prior(&g.model, &images, &d);
+    let inferred = sample::inferred_codes(&g.model, &images, &d);
+    let full = sample::fit_full_prior(&inferred);
+    let diagonal = sample::fit_diagonal_prior(&inferred);
     for (prior, keeps_correlations) in [(full, true), (diagonal, false)] {
         let Prior::Full { mean, chol } = prior else {
             panic!("a Gaussian");

@@ -244,46 +244,68 @@ pub const CORRELATION_EPS: f64 = 1e-4;
 
 /// Correlations of codes `c` (rows = examples) across the batch:
 /// z_ni = (c_ni - mu_i) / sigma_i with sigma_i^2 = var_i + eps (f64), and
-/// rho_ij = 1/B sum_n z_ni z_nj for i != j, 0 on the diagonal. Returns
-/// (rho, z, sigma).
-pub fn code_correlation(c: &Matrix) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (b, n) = (c.rows, c.cols);
-    let inv_b = 1.0 / b as f64;
-    let mut mu = vec![0.0f64; n];
-    for row in c.data.chunks_exact(n).take(b) {
-        for (m, &v) in mu.iter_mut().zip(row) {
-            *m += v as f64 * inv_b;
+/// rho_ij = 1/B sum_n z_ni z_nj for i != j, 0 on the diagonal. The buffers are
+/// kept between calls, so the top pair's M-step allocates nothing per batch.
+#[derive(Default)]
+pub struct Correlation {
+    /// rho_ij, row-major n x n.
+    pub rho: Vec<f64>,
+    /// z_ni, row-major B x n.
+    pub z: Vec<f64>,
+    /// sigma_i.
+    pub sigma: Vec<f64>,
+    mu: Vec<f64>,
+}
+
+impl Correlation {
+    /// Computes the correlations of `c`'s rows into the buffers.
+    pub fn compute(&mut self, c: &Matrix) {
+        let (b, n) = (c.rows, c.cols);
+        let inv_b = 1.0 / b as f64;
+        let rows = || c.data.chunks_exact(n).take(b);
+        self.mu.clear();
+        self.mu.resize(n, 0.0);
+        for row in rows() {
+            for (m, &v) in self.mu.iter_mut().zip(row) {
+                *m += v as f64 * inv_b;
+            }
         }
-    }
-    let mut var = vec![CORRELATION_EPS; n];
-    for row in c.data.chunks_exact(n).take(b) {
-        for ((s, &v), m) in var.iter_mut().zip(row).zip(&mu) {
-            *s += (v as f64 - m).powi(2) * inv_b;
+        // The variances, then their square roots in place.
+        self.sigma.clear();
+        self.sigma.resize(n, CORRELATION_EPS);
+        for row in rows() {
+            for ((s, &v), m) in self.sigma.iter_mut().zip(row).zip(&self.mu) {
+                *s += (v as f64 - m).powi(2) * inv_b;
+            }
         }
-    }
-    let sigma: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
-    let z: Vec<f64> = c.data[..b * n]
-        .iter()
-        .enumerate()
-        .map(|(e, &v)| (v as f64 - mu[e % n]) / sigma[e % n])
-        .collect();
-    let mut rho = vec![0.0f64; n * n];
-    for row in z.chunks_exact(n) {
-        for i in 0..n {
-            for j in (0..n).filter(|&j| j != i) {
-                rho[i * n + j] += row[i] * row[j] * inv_b;
+        self.sigma.iter_mut().for_each(|s| *s = s.sqrt());
+        let (mu, sigma) = (&self.mu, &self.sigma);
+        self.z.clear();
+        self.z.extend(
+            c.data[..b * n]
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| (v as f64 - mu[e % n]) / sigma[e % n]),
+        );
+        self.rho.clear();
+        self.rho.resize(n * n, 0.0);
+        for row in self.z.chunks_exact(n) {
+            for i in 0..n {
+                for j in (0..n).filter(|&j| j != i) {
+                    self.rho[i * n + j] += row[i] * row[j] * inv_b;
+                }
             }
         }
     }
-    (rho, z, sigma)
 }
 
 /// Root mean square of the off-diagonal correlations of codes `c` across
 /// examples: 0 for independent units, which the diagonal prior assumes.
 pub fn rms_correlation(c: &Matrix) -> f64 {
     let n = c.cols;
-    let (rho, _, _) = code_correlation(c);
-    let sum: f64 = rho.iter().map(|r| r * r).sum();
+    let mut corr = Correlation::default();
+    corr.compute(c);
+    let sum: f64 = corr.rho.iter().map(|r| r * r).sum();
     (sum / (n * n.saturating_sub(1)).max(1) as f64).sqrt()
 }
 
@@ -295,9 +317,10 @@ pub fn rms_correlation(c: &Matrix) -> f64 {
 /// in one epoch), this one only by making units independent. The term is
 /// lateral (each top unit sees the others' activity, as in anti-Hebbian
 /// decorrelation, Foldiak 1990) and reaches only the top encoder.
-fn decorrelation_gradient(c: &Matrix, lambda: f32, out: &mut Matrix) {
+fn decorrelation_gradient(c: &Matrix, lambda: f32, corr: &mut Correlation, out: &mut Matrix) {
     let (b, n) = (c.rows, c.cols);
-    let (rho, z, sigma) = code_correlation(c);
+    corr.compute(c);
+    let (rho, z, sigma) = (&corr.rho, &corr.z, &corr.sigma);
     out.set_rows(b);
     let scale = 2.0 * lambda as f64 / b as f64;
     for (o_row, z_row) in out.data.chunks_exact_mut(n).zip(z.chunks_exact(n)) {
@@ -320,9 +343,10 @@ struct PairWork {
     d_code: Matrix,
     enc_grad: MapGrad,
     dec_grad: MapGrad,
-    /// The top pair's decorrelation term: clean codes f(u), their gradient,
-    /// and its share of the encoder's gradient.
+    /// The top pair's decorrelation term: clean codes f(u), their
+    /// correlations, their gradient, and its share of the encoder's gradient.
     clean_code: Matrix,
+    correlation: Correlation,
     d_clean: Matrix,
     decor_grad: MapGrad,
 }
@@ -353,6 +377,7 @@ impl Work {
                     enc_grad: model.enc[k - 1].zero_grad(),
                     dec_grad: model.dec[k - 1].zero_grad(),
                     clean_code: Matrix::zeros(cap, s[k]),
+                    correlation: Correlation::default(),
                     d_clean: Matrix::zeros(cap, s[k]),
                     decor_grad: model.enc[k - 1].zero_grad(),
                 })
@@ -497,7 +522,7 @@ impl Generative {
         let lambda = self.settings.top_decorrelation;
         if k == top && lambda > 0.0 {
             enc.forward(u.view(), &mut p.clean_code);
-            decorrelation_gradient(&p.clean_code, lambda, &mut p.d_clean);
+            decorrelation_gradient(&p.clean_code, lambda, &mut p.correlation, &mut p.d_clean);
             enc.backward(
                 u.view(),
                 &p.clean_code,

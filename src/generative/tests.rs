@@ -211,7 +211,7 @@ fn decorrelation_gradient_matches_finite_differences() {
     let c = random_matrix(5, 4, &mut rng);
     let lambda = 3.0;
     let mut grad = Matrix::zeros(5, 4);
-    decorrelation_gradient(&c, lambda, &mut grad);
+    decorrelation_gradient(&c, lambda, &mut Correlation::default(), &mut grad);
     let h = 1e-3f32;
     for e in 0..c.data.len() {
         let at = |delta: f32| {
@@ -546,4 +546,19 @@ fn running_mean_of_a_chain_is_the_mean_of_its_first_steps() {
             );
         }
     }
+}
+
+#[test]
+fn correlation_buffers_reused_across_batch_sizes_give_fresh_results() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (big, small) = (random_matrix(6, 4, &mut rng), random_matrix(3, 4, &mut rng));
+    let mut reused = Correlation::default();
+    reused.compute(&big);
+    reused.compute(&small);
+    let mut fresh = Correlation::default();
+    fresh.compute(&small);
+    assert_eq!(reused.rho, fresh.rho);
+    assert_eq!(reused.z, fresh.z);
+    assert_eq!(reused.sigma, fresh.sigma);
+    assert_eq!(reused.z.len(), 3 * 4);
 }

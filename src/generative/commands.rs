@@ -15,6 +15,7 @@ use crate::train::checkpoint::write_atomic;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::borrow::Borrow;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -49,17 +50,22 @@ fn fit_codes(model: &Model, splits: &Splits, cfg: &crate::config::Config) -> Mat
     sample::inferred_codes(model, &images, &Model::dynamics(&cfg.generative()))
 }
 
-/// The prior `s` asks for; `codes` (see [`fit_codes`]) are inferred only
-/// where a prior is fitted to them.
-fn prior_for(s: &Sampler, codes: impl FnOnce() -> Matrix) -> Prior {
+/// The prior `s` asks for; `codes` (see [`fit_codes`]) are asked for only
+/// where a prior is fitted to them, owned or borrowed.
+fn prior_for<C: Borrow<Matrix>>(s: &Sampler, codes: impl FnOnce() -> C) -> Prior {
     match s.prior {
         PriorKind::Diagonal => Prior::Diagonal,
-        PriorKind::DiagonalFit => sample::fit_diagonal_prior(&codes()),
-        PriorKind::Full => sample::fit_full_prior(&codes()),
+        PriorKind::DiagonalFit => sample::fit_diagonal_prior(codes().borrow()),
+        PriorKind::Full => sample::fit_full_prior(codes().borrow()),
         // A fixed seed: the fitted prior is part of the model, not of a sample.
         PriorKind::Mixture(components) => {
             let mut rng = rand::SeedableRng::seed_from_u64(0);
-            sample::fit_mixture(&codes(), components, MIXTURE_EM_ITERATIONS, &mut rng)
+            sample::fit_mixture(
+                codes().borrow(),
+                components,
+                MIXTURE_EM_ITERATIONS,
+                &mut rng,
+            )
         }
     }
 }
@@ -303,7 +309,7 @@ pub fn parzen_run(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Inferred once: the report's correlation line and any fitted prior read them.
     let codes = fit_codes(&model, &splits, &cfg);
-    let prior = prior_for(refined, || codes.clone());
+    let prior = prior_for(refined, || &codes);
     let ancestral = sample::ancestral(&model, &prior, count, refined.prior_scale, &mut rng);
     let mut better = ancestral.clone();
     sample::refine(&model, &mut better, refined, &mut rng, None);
